@@ -1,0 +1,1 @@
+"""symvae: symmetric equilibrium learning of hierarchical VAEs with binary latents."""
