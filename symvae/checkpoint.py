@@ -1,0 +1,131 @@
+"""Checkpoints: atomic writes, safe loads, and the checks that name what is wrong.
+
+A full checkpoint is a dict (format CHECKPOINT_FORMAT) holding the model, the
+optimisers, the iteration count, RNG states, running statistics and the
+arguments that shaped the model. A bare `model.state_dict()` (the authors'
+format) is accepted too. Loading never unpickles code (weights_only=True).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "symvae-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with a message that names it and the fix."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through `write(file)` into a temporary file beside `path`, fsync, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save(path: Path, state: dict) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": list(_to_lists(random.getstate())),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(_to_tuples(state["python"]))
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file safely; returns a full-checkpoint dict.
+
+    A bare state dict comes back as {"model": state, "format": None}.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; check --call_prefix/--load_prefix "
+                              "and that you run inside the experiment folder that trained it")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); the file may be truncated "
+                              "or not a symvae/PyTorch checkpoint — retrain or pick another tag")
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"format": None, "model": obj}
+    raise CheckpointError(f"{path}: holds no model state dict; pick a models/m_TAG.pt file")
+
+
+def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
+                     nz0: int, nz1: int) -> None:
+    """Refuse a checkpoint of another experiment or of other sizes, saying what it has."""
+    if ckpt.get("format"):
+        if ckpt.get("experiment") != experiment:
+            raise CheckpointError(
+                f"{path}: a {ckpt.get('experiment')} checkpoint, but this folder is "
+                f"{experiment}; run it from the {ckpt.get('experiment')} folder")
+        sizes = (ckpt.get("nz0"), ckpt.get("nz1"))
+        if sizes != (nz0, nz1):
+            raise CheckpointError(f"{path}: model has --nz0 {sizes[0]} --nz1 {sizes[1]}, but "
+                                  f"--nz0 {nz0} --nz1 {nz1} were given; pass the file's sizes")
+    state, own = ckpt["model"], model.state_dict()
+    if set(state) != set(own):
+        missing = sorted(set(own) - set(state))[:3]
+        raise CheckpointError(f"{path}: parameter names do not match this experiment's model "
+                              f"({experiment}; e.g. missing {missing}); is it from another "
+                              "experiment folder?")
+    for name, tensor in state.items():
+        if tensor.shape != own[name].shape:
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(own[name].shape)}; the file was trained with other sizes: "
+                f"{_guess_sizes(state)}")
+
+
+def _guess_sizes(state: dict) -> str:
+    w = state.get("p_z1.skip.weight")  # Linear(nz0, nz1): weight [nz1, nz0]
+    if w is None or w.dim() != 2:
+        return "sizes unknown"
+    return f"--nz0 {w.shape[1]} --nz1 {w.shape[0]}"

@@ -1,0 +1,133 @@
+"""Command-line flags shared by the entry scripts, and their validation.
+
+Every check names the flag and the fix; `fail` prints one line and exits 2,
+before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+MAX_BITS = 4096  # far beyond the paper's 50/200; guards against typos like 30000
+MAX_BATCH = 1 << 16
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--call_prefix", default="0",
+                        help="tag naming this run's model, log and images (default 0)")
+    parser.add_argument("--nz0", type=int, default=30, help="bits of the top latent z0")
+    parser.add_argument("--nz1", type=int, default=100, help="bits of the latent z1")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--seed", type=int, default=None, help="seed all random generators")
+
+
+def train_parser(method: str) -> argparse.ArgumentParser:
+    what = {"sym": "symmetric equilibrium learning", "elbo": "ELBO maximisation"}[method]
+    p = argparse.ArgumentParser(description=f"Learn this folder's HVAE by {what}.")
+    model_flags(p)
+    p.add_argument("--load_prefix", default=None,
+                   help="continue from models/m_TAG.pt (full checkpoint or bare state dict)")
+    p.add_argument("--stepsize", type=float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--bs", type=int, default=1024, help="mini-batch size")
+    p.add_argument("--niterations", type=int, default=None,
+                   help="stop when the iteration count reaches this (default: never)")
+    p.add_argument("--data_root", default=None,
+                   help="folder with MNIST/ and FashionMNIST/ (default $SYMVAE_DATA or ./data "
+                        "at the repository root)")
+    p.add_argument("--log_period", type=int, default=100, help="iterations per log line")
+    p.add_argument("--save_period", type=int, default=1000,
+                   help="iterations per checkpoint and image grid")
+    p.add_argument("--detect_anomaly", action="store_true",
+                   help="torch.autograd anomaly detection (slow; for debugging)")
+    p.add_argument("--nan_policy", choices=["stop", "skip"], default="stop",
+                   help="on a non-finite loss: stop keeping the last checkpoint, or skip the batch")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if models/m_TAG.pt exists (it is replaced)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    check_tag(args.call_prefix, "--call_prefix")
+    for flag in ("nz0", "nz1"):
+        value = getattr(args, flag)
+        if not 1 <= value <= MAX_BITS:
+            fail(f"--{flag} {value}: must be a number of bits between 1 and {MAX_BITS} "
+                 "(the README uses --nz0 30 --nz1 100)")
+
+
+def check_train_args(args: argparse.Namespace) -> None:
+    check_model_args(args)
+    if args.load_prefix is not None:
+        check_tag(args.load_prefix, "--load_prefix")
+    if not 1 <= args.bs <= MAX_BATCH:
+        fail(f"--bs {args.bs}: must be between 1 and {MAX_BATCH} (default 1024)")
+    if not (args.stepsize > 0 and args.stepsize < 1):
+        fail(f"--stepsize {args.stepsize}: must be a positive learning rate below 1 (e.g. 1e-4)")
+    if args.niterations is not None and args.niterations < 1:
+        fail(f"--niterations {args.niterations}: must be a positive number of iterations "
+             "(or leave it out to run until stopped)")
+    for flag in ("log_period", "save_period"):
+        if getattr(args, flag) < 1:
+            fail(f"--{flag} {getattr(args, flag)}: must be a positive number of iterations")
+
+
+def check_tag(tag: str, flag: str) -> None:
+    """A tag becomes part of file names: no separators, no '..', nothing hidden."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+=-]{1,100}", tag) or ".." in tag or tag.startswith("."):
+        fail(f"{flag} {tag!r}: use letters, digits and _ . + = - only (no '/', no '..'), "
+             "e.g. {flag} 0".replace("{flag}", flag))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"--device {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        fail(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); "
+             "pick another index")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        fail(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int | None) -> None:
+    if seed is None:
+        return
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def ensure_dirs(folder: Path, names: tuple[str, ...]) -> None:
+    """Create output folders, or fail with the folder and the fix when they are not writable."""
+    import os
+    for name in names:
+        path = folder / name
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            fail(f"cannot create output folder {path} ({err.strerror}); run from a writable "
+                 "experiment folder")
+        if not os.access(path, os.W_OK):
+            fail(f"output folder {path} is not writable; fix its permissions or run elsewhere")

@@ -1,0 +1,138 @@
+"""Datasets (SPEC §3): MNIST and Fashion-MNIST, train+test concatenated, kept on the device.
+
+The raw files live once under one data root for all experiments: `--data_root`,
+else `$SYMVAE_DATA`, else `data/` at the repository root. `python -m symvae.data
+fetch [mnist] [fmnist] [inception]` fetches and verifies them (see symvae.fetch).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# torchvision class name -> name used by the fetch command
+FETCH_NAMES = {"MNIST": "mnist", "FashionMNIST": "fmnist"}
+
+
+class DataMissing(RuntimeError):
+    """The dataset is not under the data root and could not be fetched."""
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("SYMVAE_DATA") or REPO_ROOT / "data")
+
+
+def flip_noise(rate: float) -> Callable[[Tensor], Tensor]:
+    """Training noise for binary images: flip each pixel with probability `rate`."""
+    def noise(x: Tensor) -> Tensor:
+        return torch.where(torch.rand_like(x) < rate, 1 - x, x)
+    return noise
+
+
+def gaussian_noise(std: float) -> Callable[[Tensor], Tensor]:
+    """Training noise for grey images: add N(0, std^2) per pixel."""
+    def noise(x: Tensor) -> Tensor:
+        return x + std * torch.randn_like(x)
+    return noise
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Which data, which preprocessing, which training noise."""
+
+    name: str  # torchvision dataset class: "MNIST" or "FashionMNIST"
+    threshold: float | None  # binarise at load (pixel > threshold), or keep grey levels
+    noise: Callable[[Tensor], Tensor]
+
+    def load_uint8(self, root: Path) -> Tensor:
+        """All 70,000 images (train then test) as uint8 [N,1,28,28] from the raw files."""
+        import torchvision.datasets as tvd
+        cls = getattr(tvd, self.name)
+        parts = [cls(str(root), train=train, download=False).data for train in (True, False)]
+        return torch.cat(parts).unsqueeze(1)
+
+    def preprocess(self, raw: Tensor) -> tuple[Tensor, float]:
+        """(stored uint8 images, scale to [0,1]): binary 0/1 when thresholded, else 0..255."""
+        if self.threshold is None:
+            return raw, 1 / 255
+        return (raw.float() / 255 > self.threshold).to(torch.uint8), 1.0
+
+    def load(self, root: Path | None, device: torch.device, fetch: bool = True) -> DeviceData:
+        """The whole preprocessed set on `device`; fetches it once if missing."""
+        root = Path(root) if root else default_data_root()
+        try:
+            raw = self.load_uint8(root)
+        except RuntimeError as err:
+            if not fetch:
+                raise DataMissing(self._missing_message(root, err)) from None
+            _try_fetch(FETCH_NAMES[self.name], root)
+            return self.load(root, device, fetch=False)
+        images, scale = self.preprocess(raw)
+        return DeviceData(images.to(device), scale)
+
+    def _missing_message(self, root: Path, err: Exception) -> str:
+        return (f"{self.name} not found under data root {root} ({err}). Fetch it with "
+                f"`python -m symvae.data fetch {FETCH_NAMES[self.name]} --root {root}` "
+                "or point --data_root / SYMVAE_DATA at a folder that holds it.")
+
+
+def _try_fetch(name: str, root: Path) -> None:
+    from symvae import fetch
+    print(f"{name}: not under {root}; fetching it once", file=sys.stderr)
+    try:
+        print(fetch.fetch_dataset(name, root), file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - any failure ends in the one clear message of load()
+        print(f"{name}: fetch failed: {err}", file=sys.stderr)
+
+
+class DeviceData:
+    """The image set on the training device, and the authors' batch sampler.
+
+    One iteration takes a contiguous window of `bs` images at a random start
+    from a random permutation of the set; the permutation is redrawn every
+    n // bs iterations. The window is gathered through an index on the device,
+    so no image data crosses to the host; the state (permutation, position)
+    is small and goes into checkpoints.
+    """
+
+    def __init__(self, images: Tensor, scale: float):
+        self.images, self.scale = images, scale
+        self.perm: Tensor | None = None
+        self.since_shuffle = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def as_float(self, images: Tensor) -> Tensor:
+        return images.float() * self.scale
+
+    def batch(self, bs: int) -> Tensor:
+        """The next training batch, float [bs,1,28,28] in [0,1], before noise."""
+        n = len(self.images)
+        if self.perm is None or self.since_shuffle >= max(n // bs, 1):
+            self.perm = torch.randperm(n).to(self.images.device)
+            self.since_shuffle = 0
+        self.since_shuffle += 1
+        start = int(torch.randint(0, n - bs + 1, ()))
+        return self.as_float(self.images[self.perm[start:start + bs]])
+
+    def state_dict(self) -> dict:
+        return {"perm": None if self.perm is None else self.perm.cpu(),
+                "since_shuffle": self.since_shuffle}
+
+    def load_state_dict(self, state: dict) -> None:
+        perm = state.get("perm")
+        if perm is not None and len(perm) == len(self.images):
+            self.perm = perm.to(self.images.device)
+            self.since_shuffle = int(state["since_shuffle"])
+
+
+if __name__ == "__main__":
+    from symvae.fetch import main
+    sys.exit(main(sys.argv[1:]))

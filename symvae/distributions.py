@@ -1,0 +1,72 @@
+"""Bernoulli log-likelihoods, sampling, the ZGR estimator, binary KL and entropy.
+
+Every Bernoulli variable is given by its logits ("scores"). Negative
+log-likelihoods are summed over all components of a sample and returned per
+sample, so that callers decide how to average over the batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Probabilities are mixed with this much of the uniform 1/2 before logs (SPEC §4, §5).
+MIX = 1e-6
+
+
+def bernoulli_nll(logits: Tensor, value: Tensor) -> Tensor:
+    """-log p(value) under Bernoulli(sigmoid(logits)), summed per sample -> [B]."""
+    nll = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+    return nll.flatten(1).sum(1)
+
+
+def gaussian_nll(mean: Tensor, log_sigma: Tensor, value: Tensor) -> Tensor:
+    """-log N(value; mean, sigma^2) with one scalar log sigma, summed per sample -> [B]."""
+    sq = (value - mean).square() * torch.exp(-2.0 * log_sigma)
+    per = 0.5 * math.log(2.0 * math.pi) + log_sigma + 0.5 * sq
+    return per.flatten(1).sum(1)
+
+
+def sample_bernoulli(logits: Tensor) -> Tensor:
+    """A Bernoulli sample (0./1.) with probabilities sigmoid(logits); no gradient."""
+    return torch.bernoulli(torch.sigmoid(logits.detach()))
+
+
+class _ZGR(torch.autograd.Function):
+    """Forward: the sample b. Backward: upstream gradient times J = (b(1-p) + (1-b)p)/2."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor) -> Tensor:  # type: ignore[override]
+        p = torch.sigmoid(logits)
+        b = torch.bernoulli(p)
+        ctx.save_for_backward(b, p)
+        return b
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        b, p = ctx.saved_tensors
+        return grad * (b * (1 - p) + (1 - b) * p) * 0.5
+
+
+def zgr_sample(logits: Tensor) -> Tensor:
+    """Bernoulli sample with the ZGR gradient estimator for its logits."""
+    return _ZGR.apply(logits)
+
+
+def mixed_prob(logits: Tensor) -> Tensor:
+    """sigmoid(logits) mixed with MIX of 1/2, safe for logs."""
+    return torch.sigmoid(logits) * (1 - MIX) + 0.5 * MIX
+
+
+def bernoulli_kl(q_logits: Tensor, p_logits: Tensor) -> Tensor:
+    """Per-component KL(Bernoulli(q) || Bernoulli(p)), same shape as the logits."""
+    q, p = mixed_prob(q_logits), mixed_prob(p_logits)
+    return q * (q.log() - p.log()) + (1 - q) * ((1 - q).log() - (1 - p).log())
+
+
+def binary_entropy(prob: Tensor) -> Tensor:
+    """Per-component entropy H(prob) in nats; prob is mixed with MIX of 1/2 first."""
+    prob = prob * (1 - MIX) + 0.5 * MIX
+    return -(prob * prob.log() + (1 - prob) * (1 - prob).log())

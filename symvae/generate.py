@@ -1,0 +1,67 @@
+"""generate.py: 40 single-shot and 40 limiting images of a trained model as 4x10 grids.
+
+Writes images/generated_sh_TAG.png (random codes) and images/generated_sta_TAG.png
+(limiting distribution: chains from random images, --chain_steps steps).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from symvae import checkpoint as ckpt_io
+from symvae.checkpoint import CheckpointError
+from symvae.cli import (
+    check_model_args,
+    ensure_dirs,
+    fail,
+    model_flags,
+    pick_device,
+    seed_everything,
+)
+from symvae.model import HVAE
+from symvae.sampling import limiting, save_grid, single_shot
+
+
+def load_trained(model_cls: type[HVAE], args: argparse.Namespace,
+                 device: torch.device) -> HVAE:
+    """The model of models/m_TAG.pt in the current folder, checked against --nz0/--nz1."""
+    path = Path.cwd() / "models" / f"m_{args.call_prefix}.pt"
+    model = model_cls(args.nz0, args.nz1)
+    try:
+        ckpt = ckpt_io.load(path)
+        ckpt_io.check_compatible(ckpt, path, model, model.experiment, args.nz0, args.nz1)
+    except CheckpointError as err:
+        fail(str(err))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def positive(flag: str, value: int) -> int:
+    if value < 1:
+        fail(f"{flag} {value}: must be a positive number")
+    return value
+
+
+def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate sample grids from a trained model.")
+    model_flags(parser)
+    parser.add_argument("--n", type=int, default=40, help="images per grid (10 per row)")
+    parser.add_argument("--chain_steps", type=int, default=1000,
+                        help="steps of the limiting chain")
+    args = parser.parse_args(argv)
+    check_model_args(args)
+    positive("--n", args.n)
+    positive("--chain_steps", args.chain_steps)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    model = load_trained(model_cls, args, device)
+    folder = Path.cwd()
+    ensure_dirs(folder, ("images",))
+    tag = args.call_prefix
+    save_grid(single_shot(model, args.n), folder / "images" / f"generated_sh_{tag}.png")
+    save_grid(limiting(model, args.n, args.chain_steps),
+              folder / "images" / f"generated_sta_{tag}.png")
+    print(f"wrote images/generated_sh_{tag}.png and images/generated_sta_{tag}.png")
+    return 0

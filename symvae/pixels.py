@@ -1,0 +1,62 @@
+"""Pixel models p(x|z1): how decoder outputs become likelihoods, samples and images."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from symvae.distributions import bernoulli_nll, gaussian_nll
+
+
+class BernoulliPixels(nn.Module):
+    """Binary pixels; the decoder outputs logits."""
+
+    binary = True
+
+    def nll(self, out: Tensor, x: Tensor) -> Tensor:
+        """-log p(x|z1) summed over pixels -> [B]."""
+        return bernoulli_nll(out, x)
+
+    def sample(self, out: Tensor) -> Tensor:
+        return torch.bernoulli(torch.sigmoid(out))
+
+    def mean(self, out: Tensor) -> Tensor:
+        return torch.sigmoid(out)
+
+    def export(self, out: Tensor) -> Tensor:
+        """The image written for FID: thresholded at logit 0."""
+        return (out > 0).to(out.dtype)
+
+    def chain_start(self, n: int, device: torch.device) -> Tensor:
+        """Random binary images that start a limiting chain."""
+        return torch.randint(0, 2, (n, 1, 28, 28), device=device).float()
+
+    def chain_rows(self, sample: Tensor, mean: Tensor) -> list[Tensor]:
+        return [mean]
+
+
+class GaussianPixels(nn.Module):
+    """Grey pixels x ~ N(mu(z1), sigma^2); one learned log sigma, part of p."""
+
+    binary = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_sigma = nn.Parameter(torch.zeros(()))
+
+    def nll(self, out: Tensor, x: Tensor) -> Tensor:
+        return gaussian_nll(out, self.log_sigma, x)
+
+    def sample(self, out: Tensor) -> Tensor:
+        return out + self.log_sigma.exp() * torch.randn_like(out)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return out
+
+    def export(self, out: Tensor) -> Tensor:
+        return out.clamp(0, 1)
+
+    def chain_start(self, n: int, device: torch.device) -> Tensor:
+        return torch.rand(n, 1, 28, 28, device=device)
+
+    def chain_rows(self, sample: Tensor, mean: Tensor) -> list[Tensor]:
+        return [sample.clamp(0, 1), mean.clamp(0, 1)]

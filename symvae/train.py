@@ -1,0 +1,273 @@
+"""The training loop behind main_sym.py and main_elbo.py (SPEC §4–§5).
+
+Per run tag TAG, in the experiment folder:
+  logs/log-TAG.txt      '#' milestone lines, and every --log_period iterations
+                        `time: T count: C len: L name: value ...` (running averages)
+  logs/stat*-TAG.txt    sorted per-bit mutual information (ladder models)
+  models/m_TAG.pt       full checkpoint at iteration 0, every --save_period, and at the end
+  images/img_TAG.png    data, reconstructions, single shots and a running limiting chain
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from symvae import checkpoint as ckpt_io
+from symvae.checkpoint import CheckpointError
+from symvae.cli import (
+    check_train_args,
+    ensure_dirs,
+    fail,
+    pick_device,
+    seed_everything,
+    train_parser,
+)
+from symvae.data import DataMissing, DeviceData
+from symvae.learning import LEARNERS, NonFinite
+from symvae.model import HVAE
+from symvae.sampling import save_grid
+from symvae.stats import BitMI, RunningMeans
+
+GRID_COLUMNS = 10
+MAX_CONSECUTIVE_SKIPS = 100
+
+
+class RunFiles:
+    """Where one tag's outputs live, relative to the experiment folder."""
+
+    def __init__(self, folder: Path, tag: str):
+        self.folder, self.tag = folder, tag
+        self.log = folder / "logs" / f"log-{tag}.txt"
+        self.model = folder / "models" / f"m_{tag}.pt"
+        self.image = folder / "images" / f"img_{tag}.png"
+
+    def stat(self, group: str) -> Path:
+        return self.folder / "logs" / f"stat{group}-{self.tag}.txt"
+
+
+def mi_log_name(group: str) -> str:
+    """Bit group 'p1' -> log name 'pmi1'."""
+    return f"{group[0]}mi{group[1:]}"
+
+
+class Trainer:
+    def __init__(self, model: HVAE, method: str, data: DeviceData, files: RunFiles,
+                 args, device: torch.device):
+        self.model, self.method, self.data, self.files = model, method, data, files
+        self.args, self.device = args, device
+        self.learner = LEARNERS[method](model, args.stepsize,
+                                        guard=device.type == "cpu" or args.nan_policy == "skip")
+        self.names = model.sym_names if method == "sym" else model.elbo_names
+        self.noise = type(model).dataset.noise
+        self.means = RunningMeans()
+        self.mi = {group: BitMI() for group in model.mi_names}
+        self.count = 0
+        self.elapsed = 0.0
+        self.chain: torch.Tensor | None = None
+        self.stop_signal: str | None = None
+        self.log_file = None
+
+    # --- state ----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        a = self.args
+        return {
+            "format": ckpt_io.CHECKPOINT_FORMAT, "experiment": self.model.experiment,
+            "method": self.method, "nz0": a.nz0, "nz1": a.nz1,
+            "model": self.model.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.learner.optimizers],
+            "count": self.count, "elapsed": self.elapsed,
+            "means": self.means.state_dict(),
+            "mi": {g: t.state_dict() for g, t in self.mi.items()},
+            "sampler": self.data.state_dict(), "chain": self.chain,
+            "rng": ckpt_io.rng_state(), "args": {"bs": a.bs, "stepsize": a.stepsize},
+        }
+
+    def restore(self, ckpt: dict, source: Path) -> str:
+        """Load a checkpoint; returns the '#' log line that says what was restored."""
+        self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("format") is None:
+            return f"# started from bare weights {source}; optimisers and count start fresh"
+        if ckpt.get("method") != self.method:
+            return (f"# started from {source} ({ckpt.get('method')} checkpoint) at count "
+                    f"{ckpt['count']}; optimisers start fresh for {self.method}")
+        for opt, state in zip(self.learner.optimizers, ckpt["optimizers"]):
+            opt.load_state_dict(state)
+        self.count, self.elapsed = int(ckpt["count"]), float(ckpt.get("elapsed", 0.0))
+        self.means.load_state_dict(ckpt["means"])
+        for group, tracker in self.mi.items():
+            if group in ckpt.get("mi", {}):
+                tracker.load_state_dict(ckpt["mi"][group])
+        self.data.load_state_dict(ckpt["sampler"])
+        self.chain = ckpt.get("chain")
+        ckpt_io.set_rng_state(ckpt["rng"])
+        return f"# resumed from {source} at count {self.count}"
+
+    # --- outputs --------------------------------------------------------------
+    def log(self, line: str) -> None:
+        self.log_file.write(line + "\n")
+        self.log_file.flush()
+
+    def log_values(self) -> dict[str, float]:
+        values = self.means.read()
+        bad = [n for n, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFinite(bad[0])
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        length = float(sum(p.detach().float().square().sum() for p in params)
+                       / sum(p.numel() for p in params))
+        fields = [f"time: {self.elapsed:.1f}", f"count: {self.count}", f"len: {length:.6g}"]
+        fields += [f"{n}: {values[n]:.6g}" for n in self.names if n in values]
+        self.log(" ".join(fields))
+        return values
+
+    @torch.no_grad()
+    def save(self) -> None:
+        """Image grid, MI files and checkpoint; the grid's draws leave the training RNG as is."""
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.count)
+            self.save_grid()
+        for group, tracker in self.mi.items():
+            text = "".join(f"{v:.6g}\n" for v in tracker.sorted_values())
+            ckpt_io.atomic_write(self.files.stat(group), lambda f, t=text: f.write(t.encode()))
+        ckpt_io.save(self.files.model, self.state_dict())
+
+    def save_grid(self) -> None:
+        model, pixels = self.model, self.model.pixels
+        idx = torch.randint(0, len(self.data), (GRID_COLUMNS,), device=self.data.images.device)
+        x = self.data.as_float(self.data.images[idx])
+        _, recon, _ = model.limiting_step(x)
+        shots = pixels.mean(model.single_shot(GRID_COLUMNS)[1])
+        if self.chain is None:
+            self.chain = pixels.chain_start(GRID_COLUMNS, self.device)
+        _, out, self.chain = model.limiting_step(self.chain.to(self.device))
+        rows = [x, pixels.mean(recon), shots, *pixels.chain_rows(self.chain, pixels.mean(out))]
+        save_grid(torch.cat(rows), self.files.image, nrow=GRID_COLUMNS)
+
+    # --- loop -----------------------------------------------------------------
+    def iteration(self) -> None:
+        x = self.noise(self.data.batch(self.args.bs))
+        logs, logits = self.learner.step(x)
+        for group, tracker in self.mi.items():
+            logs[mi_log_name(group)] = tracker.update(logits[group])
+        self.means.update(logs)
+
+    def run(self, resumed: bool) -> int:
+        args = self.args
+        bar = tqdm(total=args.niterations, initial=self.count, disable=args.no_progress,
+                   unit="it", dynamic_ncols=True, file=sys.stderr)
+        skips, start = 0, time.time() - self.elapsed
+        if not resumed:
+            self.save()
+        try:
+            while args.niterations is None or self.count < args.niterations:
+                if self.stop_signal:
+                    self.elapsed = time.time() - start
+                    self.save()
+                    self.log(f"# stopped by {self.stop_signal} at count {self.count}; "
+                             f"checkpoint saved")
+                    print(f"\n{self.stop_signal}: checkpoint saved at count {self.count} to "
+                          f"{self.files.model}; continue with --load_prefix {self.files.tag}",
+                          file=sys.stderr)
+                    return 0
+                try:
+                    self.iteration()
+                    skips = 0
+                except NonFinite as err:
+                    if args.nan_policy == "stop":
+                        raise
+                    skips += 1
+                    self.log(f"# skipped a batch at count {self.count}: non-finite {err.term}")
+                    if skips >= MAX_CONSECUTIVE_SKIPS:
+                        raise
+                self.count += 1
+                bar.update(1)
+                self.elapsed = time.time() - start
+                if self.count % args.log_period == 0:
+                    values = self.log_values()
+                    bar.set_postfix({n: f"{values[n]:.4g}" for n in self.names[:4]
+                                     if n in values}, refresh=False)
+                if self.count % args.save_period == 0:
+                    self.save()
+        except NonFinite as err:
+            msg = (f"non-finite {err.term} at iteration {self.count + 1}"
+                   if self.learner.guard else
+                   f"non-finite {err.term} within the {args.log_period} iterations before "
+                   f"count {self.count}")
+            self.log(f"# stopped: {msg}; last good checkpoint kept")
+            bar.close()
+            fail(f"{msg}; the run stopped and {self.files.model} keeps the last good "
+                 "checkpoint. Lower --stepsize or use --nan_policy skip.", code=3)
+        bar.close()
+        if self.count % args.save_period:
+            self.save()
+        self.log(f"# finished at count {self.count}")
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            if self.stop_signal:  # second signal: leave at once
+                print(f"\n{name} again: exiting without saving", file=sys.stderr)
+                raise SystemExit(130)
+            self.stop_signal = name
+            print(f"\n{name}: saving a checkpoint after this iteration "
+                  "(press Ctrl-C again to quit at once)", file=sys.stderr)
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> int:
+    """Entry point of main_sym.py / main_elbo.py, run inside the experiment folder."""
+    args = train_parser(method).parse_args(argv)
+    check_train_args(args)
+    folder = Path.cwd()
+    files = RunFiles(folder, args.call_prefix)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    model = model_cls(args.nz0, args.nz1)
+
+    ckpt, source = None, None
+    if args.load_prefix is not None:
+        source = RunFiles(folder, args.load_prefix).model
+        try:
+            ckpt = ckpt_io.load(source)
+            ckpt_io.check_compatible(ckpt, source, model, model.experiment, args.nz0, args.nz1)
+        except CheckpointError as err:
+            fail(str(err))
+    elif files.model.exists() and not args.overwrite:
+        fail(f"{files.model} already exists: continue it with --load_prefix "
+             f"{args.call_prefix}, pick another --call_prefix, or pass --overwrite")
+
+    try:
+        data = model_cls.dataset.load(args.data_root, device)
+    except DataMissing as err:
+        fail(str(err))
+    if args.bs > len(data):
+        fail(f"--bs {args.bs}: larger than the data set ({len(data)} images)")
+    ensure_dirs(folder, ("images", "logs", "models"))
+
+    if args.detect_anomaly:
+        torch.autograd.set_detect_anomaly(True)
+    model.to(device)
+    trainer = Trainer(model, method, data, files, args, device)
+    note = trainer.restore(ckpt, source) if ckpt is not None else None
+    if args.compile:
+        for child in model.children():
+            child.compile()
+    resumed = ckpt is not None and ckpt.get("format") is not None and \
+        args.load_prefix == args.call_prefix and trainer.count > 0
+    mode = "a" if args.load_prefix == args.call_prefix and files.log.exists() else "w"
+    with open(files.log, mode, buffering=1) as trainer.log_file:
+        trainer.log(f"# {method} {model.experiment} {' '.join(sys.argv[1:] if argv is None else argv)}"
+                    f" (device {device}, torch {torch.__version__})")
+        if note:
+            trainer.log(note)
+        trainer.install_signal_handlers()
+        return trainer.run(resumed)
