@@ -58,9 +58,9 @@ class Dataset:
         return torch.cat(parts).unsqueeze(1)
 
     def preprocess(self, raw: Tensor) -> tuple[Tensor, float]:
-        """(stored uint8 images, scale to [0,1]): binary 0/1 when thresholded, else 0..255."""
+        """(stored uint8 images, divisor to [0,1]): binary 0/1 when thresholded, else 0..255."""
         if self.threshold is None:
-            return raw, 1 / 255
+            return raw, 255.0
         return (raw.float() / 255 > self.threshold).to(torch.uint8), 1.0
 
     def load(self, root: Path | None, device: torch.device, fetch: bool = True) -> DeviceData:
@@ -73,8 +73,8 @@ class Dataset:
                 raise DataMissing(self._missing_message(root, err)) from None
             _try_fetch(FETCH_NAMES[self.name], root)
             return self.load(root, device, fetch=False)
-        images, scale = self.preprocess(raw)
-        return DeviceData(images.to(device), scale)
+        images, divisor = self.preprocess(raw)
+        return DeviceData(images.to(device), divisor)
 
     def _missing_message(self, root: Path, err: Exception) -> str:
         return (f"{self.name} not found under data root {root} ({err}). Fetch it with "
@@ -101,8 +101,8 @@ class DeviceData:
     is small and goes into checkpoints.
     """
 
-    def __init__(self, images: Tensor, scale: float):
-        self.images, self.scale = images, scale
+    def __init__(self, images: Tensor, divisor: float):
+        self.images, self.divisor = images, divisor
         self.perm: Tensor | None = None
         self.since_shuffle = 0
 
@@ -110,7 +110,7 @@ class DeviceData:
         return len(self.images)
 
     def as_float(self, images: Tensor) -> Tensor:
-        return images.float() * self.scale
+        return images.float() / self.divisor
 
     def batch(self, bs: int) -> Tensor:
         """The next training batch, float [bs,1,28,28] in [0,1], before noise."""

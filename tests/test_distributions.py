@@ -1,0 +1,71 @@
+"""Likelihoods, ZGR, KL and entropy against hand computations and torch.distributions."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import Bernoulli, kl_divergence
+
+from symvae.distributions import MIX, bernoulli_kl, bernoulli_nll, binary_entropy, \
+    gaussian_nll, zgr_sample
+
+
+def test_bernoulli_nll_equals_hand_bce_sum():
+    logits = torch.tensor([[2.0, -1.0, 0.0], [0.5, 3.0, -2.0]])
+    value = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    p = torch.sigmoid(logits)
+    hand = -(value * p.log() + (1 - value) * (1 - p).log()).sum(1)
+    assert torch.allclose(bernoulli_nll(logits, value), hand, atol=1e-6)
+    # first row by hand: log(1+e^-2) + log(1+e^-1) + log 2
+    row0 = math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log(2)
+    assert abs(bernoulli_nll(logits, value)[0].item() - row0) < 1e-6
+
+
+def test_bernoulli_nll_sums_over_image_dimensions():
+    logits, value = torch.zeros(4, 1, 28, 28), torch.ones(4, 1, 28, 28)
+    assert torch.allclose(bernoulli_nll(logits, value), torch.full((4,), 784 * math.log(2)))
+
+
+def test_gaussian_nll_formula():
+    mu = torch.tensor([[0.2, 0.5]])
+    x = torch.tensor([[0.0, 1.0]])
+    log_sigma = torch.tensor(-1.0)
+    s2 = math.exp(-2.0)
+    hand = sum(0.5 * math.log(2 * math.pi) - 1.0 + (a - b) ** 2 / (2 * s2)
+               for a, b in ((0.0, 0.2), (1.0, 0.5)))
+    assert abs(gaussian_nll(mu, log_sigma, x).item() - hand) < 1e-5
+
+
+def test_zgr_forward_is_sample_and_backward_is_j_times_upstream():
+    torch.manual_seed(0)
+    logits = torch.randn(1000, requires_grad=True)
+    b = zgr_sample(logits)
+    assert set(b.unique().tolist()) <= {0.0, 1.0}
+    upstream = torch.randn(1000)
+    (b * upstream).sum().backward()
+    p = torch.sigmoid(logits.detach())
+    j = (b * (1 - p) + (1 - b) * p) / 2
+    assert torch.allclose(logits.grad, j * upstream, atol=1e-7)
+
+
+def test_zgr_sample_frequency_matches_probability():
+    torch.manual_seed(1)
+    logits = torch.full((200_000,), 1.0)
+    assert abs(zgr_sample(logits).mean().item() - torch.sigmoid(torch.tensor(1.0)).item()) < 0.005
+
+
+def test_bernoulli_kl_matches_torch_distributions():
+    torch.manual_seed(2)
+    q, p = torch.randn(50) * 3, torch.randn(50) * 3
+    mix = lambda logit: torch.sigmoid(logit) * (1 - MIX) + 0.5 * MIX  # noqa: E731
+    expected = kl_divergence(Bernoulli(probs=mix(q)), Bernoulli(probs=mix(p)))
+    assert torch.allclose(bernoulli_kl(q, p), expected, atol=1e-5)
+    assert torch.allclose(bernoulli_kl(q, q), torch.zeros(50), atol=1e-6)
+
+
+def test_binary_entropy_matches_torch_distributions():
+    prob = torch.linspace(0.01, 0.99, 33)
+    mixed = prob * (1 - MIX) + 0.5 * MIX
+    assert torch.allclose(binary_entropy(prob), Bernoulli(probs=mixed).entropy(), atol=1e-6)
+    assert abs(binary_entropy(torch.tensor(0.5)).item() - math.log(2)) < 1e-7
+    assert binary_entropy(torch.tensor(0.0)).item() < 1e-4  # finite thanks to the mixing
