@@ -204,7 +204,17 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             except ImportError:  # NumPy 1.x
                 from numpy.core.multiarray import _reconstruct
             return _reconstruct
+        if (module, name) == ("_codecs", "encode"):
+            # Python 3 writes bytes into protocol-2 pickles as encode(text, "latin1").
+            return _latin1_encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """The one use of ``_codecs.encode`` allowed in the pickle: text to raw bytes."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with {encoding!r}")
+    return text.encode("latin1")
 
 
 def _idx_images(images: np.ndarray) -> bytes:
