@@ -247,6 +247,7 @@ def _atomic_save(state_dict: dict[str, Tensor], path: Path) -> None:
             torch.save(state_dict, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the shared cache from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
