@@ -136,10 +136,13 @@ def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
                               "experiment folder?")
     for name, tensor in state.items():
         if tensor.shape != own[name].shape:
+            sizes = _guess_sizes(state)
+            hint = (f"the file was trained with other sizes: {sizes}"
+                    if sizes != f"--nz0 {nz0} --nz1 {nz1}" else
+                    f"the sizes match, so it is likely from another experiment than {experiment}")
             raise CheckpointError(
                 f"{path}: {name} has shape {tuple(tensor.shape)}, the model expects "
-                f"{tuple(own[name].shape)}; the file was trained with other sizes: "
-                f"{_guess_sizes(state)}")
+                f"{tuple(own[name].shape)}; {hint}")
 
 
 def _guess_sizes(state: dict) -> str:

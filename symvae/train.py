@@ -282,6 +282,9 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
     except (KeyError, ValueError, TypeError, RuntimeError) as err:  # a damaged or crafted file
         fail(f"{source}: a damaged checkpoint ({type(err).__name__}: {err}); retrain or pick "
              "another tag")
+    if args.niterations is not None and trainer.count > args.niterations:
+        fail(f"--niterations {args.niterations}: {source} is already at count {trainer.count}; "
+             "give a larger --niterations to continue it")
     if args.compile:
         for child in model.children():
             child.compile()

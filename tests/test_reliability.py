@@ -103,7 +103,9 @@ def trained(tmp_path_factory, data) -> Path:
     (models / "m_text.pt").write_text("not a checkpoint\n")
     torch.save([1, 2, 3], models / "m_list.pt")
     (models / "m_code.pt").write_bytes(pickle.dumps(Crafted(folder / "pwned")))
-    torch.save(HVAE(4, 8).state_dict(), models / "m_bare.pt")
+    bare = HVAE(4, 8).state_dict()
+    torch.save(bare, models / "m_bare.pt")
+    torch.save({**bare, "r_a1.weight": torch.zeros(8, 1000)}, models / "m_width.pt")
     torch.save({"enc.weight": torch.zeros(3, 3)}, models / "m_names.pt")
     fake = {"format": ckpt_io.CHECKPOINT_FORMAT, "experiment": "mnist-reverse", "method": "sym",
             "nz0": 4, "nz1": 8, "model": {"w": torch.zeros(1)}, "optimizers": [], "count": 5,
@@ -144,6 +146,8 @@ BAD_TRAIN = [
     (["--load_prefix", "names"], "parameter names do not match"),
     (["--load_prefix", "reverse"], "a mnist-reverse checkpoint"),
     (["--load_prefix", "damaged"], "damaged checkpoint (no optimizers)"),
+    (["--load_prefix", "width"], "the sizes match, so it is likely from another experiment"),
+    (["--load_prefix", "0", "--call_prefix", "0", "--niterations", "1"], "already at count 2"),
 ]
 
 
