@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 CHECKPOINT_FORMAT = "symvae-checkpoint-1"
+# what a full checkpoint must hold for an exact resume (see Trainer.state_dict)
+REQUIRED_KEYS = ("experiment", "method", "nz0", "nz1", "model", "optimizers", "count", "means",
+                 "sampler", "rng")
 
 
 class CheckpointError(ValueError):
@@ -61,11 +64,22 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") and torch.cuda.is_available():  # a resumed job may see fewer GPUs
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     random.setstate(_to_tuples(state["python"]))
+
+
+def to_device(value: object, device: torch.device) -> object:
+    """The tensors in nested dicts/lists/tuples moved to `device` (checkpoints load on CPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 def _to_lists(value):
@@ -92,6 +106,10 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
                               f"{str(err).splitlines()[0][:200]}); the file may be truncated "
                               "or not a symvae/PyTorch checkpoint — retrain or pick another tag")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        missing = [k for k in REQUIRED_KEYS if k not in obj]
+        if missing or not isinstance(obj["model"], dict):
+            raise CheckpointError(f"{path}: a damaged checkpoint (no {', '.join(missing) or 'model'}"
+                                  "); retrain or pick another tag")
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"format": None, "model": obj}
@@ -118,10 +136,13 @@ def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
                               "experiment folder?")
     for name, tensor in state.items():
         if tensor.shape != own[name].shape:
+            sizes = _guess_sizes(state)
+            hint = (f"the file was trained with other sizes: {sizes}"
+                    if sizes != f"--nz0 {nz0} --nz1 {nz1}" else
+                    f"the sizes match, so it is likely from another experiment than {experiment}")
             raise CheckpointError(
                 f"{path}: {name} has shape {tuple(tensor.shape)}, the model expects "
-                f"{tuple(own[name].shape)}; the file was trained with other sizes: "
-                f"{_guess_sizes(state)}")
+                f"{tuple(own[name].shape)}; {hint}")
 
 
 def _guess_sizes(state: dict) -> str:

@@ -122,6 +122,11 @@ def seed_everything(seed: int | None) -> None:
 def ensure_dirs(folder: Path, names: tuple[str, ...]) -> None:
     """Create output folders, or fail with the folder and the fix when they are not writable."""
     import os
+    for name in names:  # check all first, so a failure leaves no half-made set of folders
+        for path in (folder / name, *(folder / name).parents):
+            if path.exists() and not path.is_dir():
+                fail(f"cannot create output folder {folder / name}: {path} is a file, not a "
+                     "folder; move it away or run from another experiment folder")
     for name in names:
         path = folder / name
         try:

@@ -94,19 +94,25 @@ class Trainer:
         if ckpt.get("format") is None:
             return f"# started from bare weights {source}; optimisers and count start fresh"
         if ckpt.get("method") != self.method:
-            return (f"# started from {source} ({ckpt.get('method')} checkpoint) at count "
-                    f"{ckpt['count']}; optimisers start fresh for {self.method}")
-        for opt, state in zip(self.learner.optimizers, ckpt["optimizers"]):
+            return (f"# started from {source} ({ckpt.get('method')} checkpoint, count "
+                    f"{ckpt['count']}); optimisers and count start fresh for {self.method}")
+        for opt, state in zip(self.learner.optimizers, ckpt["optimizers"], strict=True):
             opt.load_state_dict(state)
+            for group in opt.param_groups:  # --stepsize of this command, not the file's
+                group["lr"] = self.args.stepsize
         self.count, self.elapsed = int(ckpt["count"]), float(ckpt.get("elapsed", 0.0))
-        self.means.load_state_dict(ckpt["means"])
+        # the statistics continue on the training device, wherever the file was written
+        self.means.load_state_dict(ckpt_io.to_device(ckpt["means"], self.device))
         for group, tracker in self.mi.items():
             if group in ckpt.get("mi", {}):
-                tracker.load_state_dict(ckpt["mi"][group])
+                tracker.load_state_dict(ckpt_io.to_device(ckpt["mi"][group], self.device))
         self.data.load_state_dict(ckpt["sampler"])
         self.chain = ckpt.get("chain")
         ckpt_io.set_rng_state(ckpt["rng"])
-        return f"# resumed from {source} at count {self.count}"
+        old = ckpt.get("args", {}).get("stepsize", self.args.stepsize)
+        change = f"; --stepsize {old:g} -> {self.args.stepsize:g}" \
+            if old != self.args.stepsize else ""
+        return f"# resumed from {source} at count {self.count}{change}"
 
     # --- outputs --------------------------------------------------------------
     def log(self, line: str) -> None:
@@ -129,6 +135,10 @@ class Trainer:
     @torch.no_grad()
     def save(self) -> None:
         """Image grid, MI files and checkpoint; the grid's draws leave the training RNG as is."""
+        # a finite loss can still come with a non-finite gradient: never save poisoned weights
+        if not bool(torch.stack([p.detach().isfinite().all() for p in self.model.parameters()])
+                    .all()):
+            raise NonFinite("parameters")
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.count)
@@ -163,9 +173,9 @@ class Trainer:
         bar = tqdm(total=args.niterations, initial=self.count, disable=args.no_progress,
                    unit="it", dynamic_ncols=True, file=sys.stderr)
         skips, start = 0, time.time() - self.elapsed
-        if not resumed:
-            self.save()
         try:
+            if not resumed:
+                self.save()
             while args.niterations is None or self.count < args.niterations:
                 if self.stop_signal:
                     self.elapsed = time.time() - start
@@ -195,22 +205,33 @@ class Trainer:
                                      if n in values}, refresh=False)
                 if self.count % args.save_period == 0:
                     self.save()
+            if self.count % args.save_period:
+                self.save()
         except NonFinite as err:
-            msg = (f"non-finite {err.term} at iteration {self.count + 1}"
+            msg = (f"non-finite parameters at count {self.count}, found before saving"
+                   if err.term == "parameters" else
+                   f"non-finite {err.term} at iteration {self.count + 1}"
                    if self.learner.guard else
                    f"non-finite {err.term} within the {args.log_period} iterations before "
                    f"count {self.count}")
+            if skips >= MAX_CONSECUTIVE_SKIPS:
+                msg += f" after {skips} skipped batches in a row"
             self.log(f"# stopped: {msg}; last good checkpoint kept")
             bar.close()
             fail(f"{msg}; the run stopped and {self.files.model} keeps the last good "
-                 "checkpoint. Lower --stepsize or use --nan_policy skip.", code=3)
+                 "checkpoint. Lower --stepsize (or use --nan_policy skip) and continue with "
+                 f"--load_prefix {self.files.tag}.", code=3)
+        except OSError as err:  # e.g. a full disk: the atomic write kept the previous files
+            bar.close()
+            fail(f"cannot write {err.filename or 'an output file'} ({err.strerror}) at count "
+                 f"{self.count}; the previous checkpoint is intact. Free space or fix "
+                 f"permissions, then continue with --load_prefix {self.files.tag}", code=4)
         bar.close()
-        if self.count % args.save_period:
-            self.save()
         self.log(f"# finished at count {self.count}")
         return 0
 
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self) -> dict:
+        """Route SIGINT/SIGTERM to a save-and-stop; returns the previous handlers."""
         def handler(signum, frame):
             name = signal.Signals(signum).name
             if self.stop_signal:  # second signal: leave at once
@@ -219,8 +240,7 @@ class Trainer:
             self.stop_signal = name
             print(f"\n{name}: saving a checkpoint after this iteration "
                   "(press Ctrl-C again to quit at once)", file=sys.stderr)
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> int:
@@ -241,7 +261,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
             ckpt_io.check_compatible(ckpt, source, model, model.experiment, args.nz0, args.nz1)
         except CheckpointError as err:
             fail(str(err))
-    elif files.model.exists() and not args.overwrite:
+    if args.load_prefix != args.call_prefix and files.model.exists() and not args.overwrite:
         fail(f"{files.model} already exists: continue it with --load_prefix "
              f"{args.call_prefix}, pick another --call_prefix, or pass --overwrite")
 
@@ -257,17 +277,40 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
         torch.autograd.set_detect_anomaly(True)
     model.to(device)
     trainer = Trainer(model, method, data, files, args, device)
-    note = trainer.restore(ckpt, source) if ckpt is not None else None
+    try:
+        note = trainer.restore(ckpt, source) if ckpt is not None else None
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:  # a damaged or crafted file
+        fail(f"{source}: a damaged checkpoint ({type(err).__name__}: {err}); retrain or pick "
+             "another tag")
+    if args.niterations is not None and trainer.count > args.niterations:
+        fail(f"--niterations {args.niterations}: {source} is already at count {trainer.count}; "
+             "give a larger --niterations to continue it")
     if args.compile:
         for child in model.children():
             child.compile()
     resumed = ckpt is not None and ckpt.get("format") is not None and \
         args.load_prefix == args.call_prefix and trainer.count > 0
     mode = "a" if args.load_prefix == args.call_prefix and files.log.exists() else "w"
-    with open(files.log, mode, buffering=1) as trainer.log_file:
+    try:
+        log_file = open(files.log, mode, buffering=1)  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        fail(f"cannot write {files.log} ({err.strerror}); fix it or pick another --call_prefix")
+    with log_file as trainer.log_file:
+        if mode == "a" and files.log.stat().st_size and not _ends_with_newline(files.log):
+            trainer.log_file.write("\n")  # a line cut short by a crash stays on its own line
         trainer.log(f"# {method} {model.experiment} {' '.join(sys.argv[1:] if argv is None else argv)}"
                     f" (device {device}, torch {torch.__version__})")
         if note:
             trainer.log(note)
-        trainer.install_signal_handlers()
-        return trainer.run(resumed)
+        previous = trainer.install_signal_handlers()
+        try:
+            return trainer.run(resumed)
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
