@@ -20,9 +20,11 @@ class LadderHVAE(HVAE):
     mi_names = ("p1", "q0", "q1")
 
     def __init__(self, nz0: int, nz1: int, width: int, act: str, decoder_act: str,
-                 pixels: nn.Module):
-        super().__init__(nz0, nz1, width, act, decoder_act, pixels)
-        self.r_trunk = image_trunk(width, act)
+                 pixels: nn.Module, trunk: nn.Module | None = None,
+                 p_x: nn.Module | None = None):
+        """`trunk` maps x to `width` features; default: the image trunk of SPEC §2."""
+        super().__init__(nz0, nz1, width, act, decoder_act, pixels, p_x)
+        self.r_trunk = image_trunk(width, act) if trunk is None else trunk
         self.r_a1 = nn.Linear(width, nz1)
         self.r_a0 = mlp(width, nz0, width, 2, act)
         self.r_a0_skip = nn.Linear(nz1, nz0, bias=False)
@@ -43,11 +45,14 @@ class LadderHVAE(HVAE):
         n1, nx = self.nll_p_terms(z, x)
         return (n1 + nx).mean(), {"ploss1": n1.mean() / self.nz1, "plossx": self.per_pixel(nx)}
 
-    def nll_q(self, z: Latents, x: Tensor) -> tuple[Tensor, Logs]:
+    def nll_q_terms(self, z: Latents, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(-log q(z0|x), -log q(z1|z0,x)) per sample; p(z1|z0)'s share carries no gradient."""
         z0, z1 = z
         a0, a1 = self.scores(x)
-        n0 = bernoulli_nll(a0, z0)
-        n1 = bernoulli_nll(self.p_z1(z0).detach() + a1, z1)
+        return bernoulli_nll(a0, z0), bernoulli_nll(self.p_z1(z0).detach() + a1, z1)
+
+    def nll_q(self, z: Latents, x: Tensor) -> tuple[Tensor, Logs]:
+        n0, n1 = self.nll_q_terms(z, x)
         return (n0 + n1).mean(), {"qloss0": n0.mean() / self.nz0, "qloss1": n1.mean() / self.nz1}
 
     def elbo_loss(self, x: Tensor) -> tuple[Tensor, Logs, Logs]:

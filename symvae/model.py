@@ -29,11 +29,12 @@ class HVAE(nn.Module):
     mi_names: ClassVar[tuple[str, ...]] = ()  # bit groups with MI statistics
 
     def __init__(self, nz0: int, nz1: int, width: int, act: str, decoder_act: str,
-                 pixels: nn.Module):
+                 pixels: nn.Module, p_x: nn.Module | None = None):
+        """`p_x` maps z1 to the pixel model's outputs; default: the image decoder of SPEC §2."""
         super().__init__()
         self.nz0, self.nz1 = nz0, nz1
         self.p_z1 = SkipMLP(nz0, nz1, width, 2, act)
-        self.p_x = pixel_decoder(nz1, decoder_act)
+        self.p_x = pixel_decoder(nz1, decoder_act) if p_x is None else p_x
         self.pixels = pixels
 
     # --- parameter groups -------------------------------------------------
@@ -86,6 +87,10 @@ class HVAE(nn.Module):
 
     def nll_p(self, z: Latents, x: Tensor) -> tuple[Tensor, Logs]:
         """p-step loss: mean over the batch of -log p(z1|z0) - log p(x|z1)."""
+        raise NotImplementedError
+
+    def nll_q_terms(self, z: Latents, x: Tensor) -> tuple[Tensor, ...]:
+        """The factors' -log q per sample, summing to -log q(z0, z1|x); used by symvae.exact."""
         raise NotImplementedError
 
     def nll_q(self, z: Latents, x: Tensor) -> tuple[Tensor, Logs]:
