@@ -125,7 +125,7 @@ def real_data_root() -> Path:
     return Path(os.environ.get("SYMVAE_TEST_DATA") or default_data_root())
 
 
-def data_loss_windows(folder: Path, method: str, name: str, iterations: int = 100,
+def data_loss_windows(folder: Path, method: str, name: str, iterations: int = 60,
                       period: int = 10) -> tuple[float, float]:
     """Mean of log value `name` over the first and over the last `period` iterations.
 

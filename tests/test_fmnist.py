@@ -13,28 +13,19 @@ from symvae.learning import ElboLearner, SymmetricLearner
 from symvae.pixels import GaussianPixels
 
 NZ0, NZ1, B = 5, 7, 4
-
-
-@pytest.fixture(scope="module")
-def hvae_cls():
-    return load_model_class("fmnist-ladder")
+X = torch.rand(B, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+HVAE = load_model_class("fmnist-ladder")
 
 
 @pytest.fixture
-def model(hvae_cls):
+def model():
     torch.manual_seed(0)
-    return hvae_cls(NZ0, NZ1)
+    return HVAE(NZ0, NZ1)
 
 
-@pytest.fixture
-def x():
-    torch.manual_seed(1)
-    return torch.rand(B, 1, 28, 28)
-
-
-def test_network_shapes(model, x):
-    assert model.r_trunk(x).shape == (B, 1000)
-    a0, a1 = model.scores(x)
+def test_network_shapes(model):
+    assert model.r_trunk(X).shape == (B, 1000)
+    a0, a1 = model.scores(X)
     assert a0.shape == (B, NZ0) and a1.shape == (B, NZ1)
     hidden = [m.out_features for m in model.p_z1.mlp if isinstance(m, nn.Linear)]
     assert hidden == [1000, 1000, NZ1]
@@ -88,15 +79,15 @@ def test_export_clamps_means_and_chains_start_from_uniform_noise():
     assert [r.unique().tolist() for r in pixels.chain_rows(sample, mean)] == [[1.0], [0.0]]
 
 
-def test_training_noise_is_gaussian(hvae_cls):
-    dataset = hvae_cls.dataset
+def test_training_noise_is_gaussian():
+    dataset = HVAE.dataset
     assert dataset.name == "FashionMNIST" and dataset.threshold is None
     torch.manual_seed(7)
     noisy = dataset.noise(torch.full((64, 1, 28, 28), 0.5)) - 0.5
     assert abs(noisy.std().item() - 0.01) < 0.0005 and abs(noisy.mean().item()) < 0.0005
 
 
-def test_log_sigma_moves_with_p_step_and_elbo_not_q_step(model, x):
+def test_log_sigma_moves_with_p_step_and_elbo_not_q_step(model):
     log_sigma = model.pixels.log_sigma
     learner = SymmetricLearner(model, stepsize=1e-3)
     with torch.no_grad():
@@ -108,14 +99,14 @@ def test_log_sigma_moves_with_p_step_and_elbo_not_q_step(model, x):
     assert log_sigma.item() == 0.0
 
     with torch.no_grad():
-        z, _ = model.sample_q(x)
-    p_loss, _ = model.nll_p(z, x)
+        z, _ = model.sample_q(X)
+    p_loss, _ = model.nll_p(z, X)
     p_loss.backward()
     learner.opt_p.step()
     after_p = log_sigma.item()
     assert after_p != 0.0
 
-    ElboLearner(model, stepsize=1e-3).step(x)
+    ElboLearner(model, stepsize=1e-3).step(X)
     assert log_sigma.item() != after_p
 
 
