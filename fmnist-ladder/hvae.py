@@ -1,7 +1,5 @@
-"""The ladder HVAE on Fashion-MNIST (SPEC §2): MLP width 1000, tanh, ReLU in p(x|z1).
-
-Gaussian pixels x ~ N(mu(z1), sigma^2) with one learned log sigma (part of p).
-"""
+"""The ladder HVAE on Fashion-MNIST (SPEC §2): MLP width 1000, tanh, ReLU in p(x|z1), and
+Gaussian pixels x ~ N(mu(z1), sigma^2) with one learned log sigma (part of p)."""
 from fmnist import DATASET
 
 from symvae.ladder import LadderHVAE
@@ -9,9 +7,5 @@ from symvae.pixels import GaussianPixels
 
 
 class HVAE(LadderHVAE):
-    experiment = "fmnist-ladder"
-    dataset = DATASET
-
-    def __init__(self, nz0: int, nz1: int):
-        super().__init__(nz0, nz1, width=1000, act="tanh", decoder_act="relu",
-                         pixels=GaussianPixels())
+    experiment, dataset = "fmnist-ladder", DATASET
+    width, act, decoder_act, pixel_model = 1000, "tanh", "relu", GaussianPixels

@@ -6,9 +6,5 @@ from symvae.pixels import BernoulliPixels
 
 
 class HVAE(LadderHVAE):
-    experiment = "mnist-ladder"
-    dataset = DATASET
-
-    def __init__(self, nz0: int, nz1: int):
-        super().__init__(nz0, nz1, width=600, act="tanh", decoder_act="tanh",
-                         pixels=BernoulliPixels())
+    experiment, dataset = "mnist-ladder", DATASET
+    width, act, decoder_act, pixel_model = 600, "tanh", "tanh", BernoulliPixels

@@ -1,72 +1,11 @@
-"""The reverse-order HVAE on MNIST (SPEC §2): encoder q(z1|x) q(z0|z1), as in Wake-Sleep.
-
-MLP width 600, tanh, Bernoulli pixels. The two encoder networks share nothing
-with the decoder p, so the q-step touches q's own parameters only.
-"""
-import math
-
+"""The reverse-order HVAE on MNIST (SPEC §2): q(z1|x) q(z0|z1) as in Wake-Sleep; MLP width
+600, tanh, Bernoulli pixels. The encoder shares nothing with p."""
 from mnist import DATASET
-from torch import Tensor, nn
 
-from symvae import model
-from symvae.distributions import bernoulli_nll, sample_bernoulli, zgr_sample
-from symvae.model import Latents, Logs
-from symvae.nets import PIXELS, SkipMLP, image_trunk
 from symvae.pixels import BernoulliPixels
-
-WIDTH, ACT = 600, "tanh"
-Q_Z0_HIDDEN = 3  # hidden layers of the q(z0|z1) network
+from symvae.reverse import ReverseHVAE
 
 
-class HVAE(model.HVAE):
-    experiment = "mnist-reverse"
-    dataset = DATASET
-    sym_names = ("ploss", "qloss")
-    elbo_names = ("dloss", "klloss")
-    mi_names = ()
-
-    def __init__(self, nz0: int, nz1: int):
-        super().__init__(nz0, nz1, width=WIDTH, act=ACT, decoder_act=ACT,
-                         pixels=BernoulliPixels())
-        self.q_trunk = image_trunk(WIDTH, ACT)
-        self.q_z1 = nn.Linear(WIDTH, nz1)
-        self.q_z0 = SkipMLP(nz1, nz0, WIDTH, Q_Z0_HIDDEN, ACT)
-
-    def q_z1_logits(self, x: Tensor) -> Tensor:
-        """Logits of q(z1|x)."""
-        return self.q_z1(self.q_trunk(x))
-
-    def sample_q(self, x: Tensor) -> tuple[Latents, Logs]:
-        l1 = self.q_z1_logits(x)
-        z1 = sample_bernoulli(l1)
-        l0 = self.q_z0(z1)
-        return (sample_bernoulli(l0), z1), {"q1": l1, "q0": l0}
-
-    def nll_p(self, z: Latents, x: Tensor) -> tuple[Tensor, Logs]:
-        n1, nx = self.nll_p_terms(z, x)
-        nll = (n1 + nx).mean()
-        return nll, {"ploss": nll / (PIXELS + self.nz1)}
-
-    def nll_q(self, z: Latents, x: Tensor) -> tuple[Tensor, Logs]:
-        z0, z1 = z
-        nll = (bernoulli_nll(self.q_z1_logits(x), z1) + bernoulli_nll(self.q_z0(z1), z0)).mean()
-        return nll, {"qloss": nll / (self.nz0 + self.nz1)}
-
-    def single_sample_kl(self, z: Latents, l0: Tensor, l1: Tensor) -> Tensor:
-        """log q(z1|x) + log q(z0|z1) + nz0*log 2 - log p(z1|z0) per sample, at the sample z.
-
-        l0, l1 are the logits of q(z0|z1) and q(z1|x); log p(z0) = -nz0*log 2.
-        """
-        z0, z1 = z
-        log_q = -bernoulli_nll(l1, z1) - bernoulli_nll(l0, z0)
-        return log_q + self.nz0 * math.log(2.0) + bernoulli_nll(self.p_z1(z0), z1)
-
-    def elbo_loss(self, x: Tensor) -> tuple[Tensor, Logs, Logs]:
-        l1 = self.q_z1_logits(x)
-        z1 = zgr_sample(l1)
-        l0 = self.q_z0(z1)
-        z0 = zgr_sample(l0)
-        data = self.pixels.nll(self.p_x(z1), x)
-        kl = self.single_sample_kl((z0, z1), l0, l1)
-        logs = {"dloss": self.per_pixel(data), "klloss": kl.mean() / (self.nz0 + self.nz1)}
-        return (data + kl).mean(), logs, {"q1": l1, "q0": l0}
+class HVAE(ReverseHVAE):
+    experiment, dataset = "mnist-reverse", DATASET
+    width, act, decoder_act, pixel_model = 600, "tanh", "tanh", BernoulliPixels

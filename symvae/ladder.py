@@ -19,11 +19,11 @@ class LadderHVAE(HVAE):
     elbo_names = ("dloss", "kl0loss", "kl1loss", "pmi1", "qmi0", "qmi1")
     mi_names = ("p1", "q0", "q1")
 
-    def __init__(self, nz0: int, nz1: int, width: int, act: str, decoder_act: str,
-                 pixels: nn.Module, trunk: nn.Module | None = None,
-                 p_x: nn.Module | None = None):
-        """`trunk` maps x to `width` features; default: the image trunk of SPEC §2."""
-        super().__init__(nz0, nz1, width, act, decoder_act, pixels, p_x)
+    def __init__(self, nz0: int, nz1: int, trunk: nn.Module | None = None, **decoder):
+        """`trunk` maps x to `width` features (default: the image trunk of SPEC §2);
+        `decoder` goes to HVAE.__init__."""
+        super().__init__(nz0, nz1, **decoder)
+        width, act = self.width, self.act
         self.r_trunk = image_trunk(width, act) if trunk is None else trunk
         self.r_a1 = nn.Linear(width, nz1)
         self.r_a0 = mlp(width, nz0, width, 2, act)

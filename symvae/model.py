@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from symvae.distributions import bernoulli_nll, sample_bernoulli
 from symvae.nets import PIXELS, SkipMLP, pixel_decoder
+from symvae.pixels import BernoulliPixels
 
 Latents = tuple[Tensor, Tensor]  # (z0, z1)
 Logs = dict[str, Tensor]
@@ -27,15 +28,22 @@ class HVAE(nn.Module):
     sym_names: ClassVar[tuple[str, ...]] = ()  # log names of a symmetric iteration
     elbo_names: ClassVar[tuple[str, ...]] = ()  # log names of an ELBO iteration
     mi_names: ClassVar[tuple[str, ...]] = ()  # bit groups with MI statistics
+    # What an experiment's hvae.py sets (SPEC §2): MLP width, activations, pixel model.
+    width: int = 600
+    act: str = "tanh"
+    decoder_act: str = "tanh"  # activation inside p(x|z1)
+    pixel_model: ClassVar[type[nn.Module]] = BernoulliPixels
 
-    def __init__(self, nz0: int, nz1: int, width: int, act: str, decoder_act: str,
-                 pixels: nn.Module, p_x: nn.Module | None = None):
-        """`p_x` maps z1 to the pixel model's outputs; default: the image decoder of SPEC §2."""
+    def __init__(self, nz0: int, nz1: int, *, width: int | None = None, act: str | None = None,
+                 p_x: nn.Module | None = None, n_pixels: int = PIXELS):
+        """`width`/`act` override the class settings; `p_x` maps z1 to the pixel model's
+        outputs (default: the image decoder of SPEC §2) for `n_pixels` pixels."""
         super().__init__()
-        self.nz0, self.nz1 = nz0, nz1
-        self.p_z1 = SkipMLP(nz0, nz1, width, 2, act)
-        self.p_x = pixel_decoder(nz1, decoder_act) if p_x is None else p_x
-        self.pixels = pixels
+        self.nz0, self.nz1, self.n_pixels = nz0, nz1, n_pixels
+        self.width, self.act = width or self.width, act or self.act
+        self.p_z1 = SkipMLP(nz0, nz1, self.width, 2, self.act)
+        self.p_x = pixel_decoder(nz1, self.decoder_act) if p_x is None else p_x
+        self.pixels = self.pixel_model()
 
     # --- parameter groups -------------------------------------------------
     def p_parameters(self) -> list[nn.Parameter]:
@@ -104,6 +112,6 @@ class HVAE(nn.Module):
     def _device(self) -> torch.device:
         return next(self.p_x.parameters()).device
 
-    @staticmethod
-    def per_pixel(nll: Tensor) -> Tensor:
-        return nll.mean() / PIXELS
+    def per_pixel(self, nll: Tensor) -> Tensor:
+        """Batch mean of a pixel-model term, per pixel (the logs' normalisation)."""
+        return nll.mean() / self.n_pixels
