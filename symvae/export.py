@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from symvae import runtime
 from symvae.cli import (
     check_model_args,
     check_tag,
@@ -89,6 +90,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     for flag in ("n", "chain_steps", "bs"):
         positive(f"--{flag}", getattr(args, flag))
     device = pick_device(args.device)
+    runtime.configure(device)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     try:
