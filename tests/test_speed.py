@@ -12,6 +12,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,3 +217,14 @@ def test_malloc_setting_is_accepted_on_glibc():
     if runtime._libc() is None:
         pytest.skip("not glibc")
     assert runtime.malloc_keep_memory(True)
+
+
+def test_png_encoder_round_trips_grey_levels(tmp_path):
+    from PIL import Image
+
+    from symvae.png import write_grey
+    images = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8).numpy()
+    assert write_grey(str(tmp_path), 10, images) == 3
+    for i, img in enumerate(images):
+        with Image.open(tmp_path / f"img_{10 + i:05d}.png") as png:
+            assert png.mode == "L" and (np.asarray(png) == img).all()
