@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from symvae import runtime
 from symvae.cli import (
     check_model_args,
     check_tag,
@@ -30,17 +31,11 @@ from symvae.cli import (
 from symvae.data import DataMissing
 from symvae.generate import load_trained, positive
 from symvae.model import HVAE
+from symvae.png import write_grey
 from symvae.sampling import run_chain, to_uint8
 
 SETS = ("images", "sh_images", "lim_images")
 CODES = ("prior_z", "posterior_z", "limiting_z")
-
-
-def _write_pngs(folder: str, first: int, pixels: np.ndarray) -> int:
-    from PIL import Image
-    for i, img in enumerate(pixels):
-        Image.fromarray(img, mode="L").save(os.path.join(folder, f"img_{first + i:05d}.png"))
-    return len(pixels)
 
 
 class PngWriter:
@@ -53,11 +48,11 @@ class PngWriter:
     def write(self, folder: Path, first: int, images: torch.Tensor) -> None:
         pixels = to_uint8(images.detach().float().cpu())[:, 0].numpy()
         if self.pool is None:
-            _write_pngs(str(folder), first, pixels)
+            write_grey(str(folder), first, pixels)
             return
         step = max(1, len(pixels) // 8)  # several tasks per chunk keep all workers busy
         for i in range(0, len(pixels), step):
-            self.pending.append(self.pool.submit(_write_pngs, str(folder), first + i,
+            self.pending.append(self.pool.submit(write_grey, str(folder), first + i,
                                                  pixels[i:i + step]))
 
     def close(self) -> None:
@@ -89,6 +84,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     for flag in ("n", "chain_steps", "bs"):
         positive(f"--{flag}", getattr(args, flag))
     device = pick_device(args.device)
+    runtime.configure(device)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from symvae import checkpoint as ckpt_io
+from symvae import runtime
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
     check_model_args,
@@ -55,6 +56,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     positive("--n", args.n)
     positive("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
+    runtime.configure(device)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     folder = Path.cwd()

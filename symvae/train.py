@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from symvae import checkpoint as ckpt_io
+from symvae import runtime
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
     check_train_args,
@@ -250,6 +251,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
     folder = Path.cwd()
     files = RunFiles(folder, args.call_prefix)
     device = pick_device(args.device)
+    runtime.configure(device)
     seed_everything(args.seed)
     model = model_cls(args.nz0, args.nz1)
 
@@ -286,8 +288,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
         fail(f"--niterations {args.niterations}: {source} is already at count {trainer.count}; "
              "give a larger --niterations to continue it")
     if args.compile:
-        for child in model.children():
-            child.compile()
+        runtime.compile_model(model)
     resumed = ckpt is not None and ckpt.get("format") is not None and \
         args.load_prefix == args.call_prefix and trainer.count > 0
     mode = "a" if args.load_prefix == args.call_prefix and files.log.exists() else "w"

@@ -1,0 +1,277 @@
+"""Training speed of every experiment x method, as figures (docs/benchmarks.md).
+
+    python -m symvae.bench --all --bs 1024 --out docs/bench-cpu.json
+    python -m symvae.bench --gpu-check            # CUDA, all pairs, with and without --compile
+    python -m symvae.bench --png                  # generate_data's PNG writer vs save_image
+
+An iteration is exactly the training loop's (`Trainer.iteration`: batch draw,
+noise, the learning step, running means and MI statistics) on synthetic data of
+the experiment's kind (random images, preprocessed as the data set is), so no
+data set is needed. Each configuration is warmed up, then timed iteration by
+iteration; the table gives the median. Work is counted with torch's FLOP counter
+on one iteration, and the machine's fp32 matmul peak is measured in the same
+run, so the fraction of peak is comparable under whatever load the run met.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from symvae import runtime
+from symvae.cli import fail, pick_device
+from symvae.data import REPO_ROOT, DeviceData
+from symvae.experiment import EXPERIMENTS, load_model_class
+from symvae.train import Trainer
+
+METHODS = ("sym", "elbo")
+SYNTHETIC_IMAGES = 70000
+# The authors' scripts on a 2-core CPU (torch 2.14.1, 2 threads, batch 1024), seconds per
+# iteration, median of 10+: shipped (anomaly detection on); issue 7 of the project.
+AUTHORS_CPU_1024 = {
+    ("mnist-ladder", "sym"): 7.23, ("mnist-ladder", "elbo"): 4.47,
+    ("mnist-reverse", "sym"): 6.20, ("mnist-reverse", "elbo"): 3.75,
+    ("fmnist-ladder", "sym"): 6.30, ("fmnist-ladder", "elbo"): 4.55,
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
+    """Median fp32 GFLOP/s of an n x n matrix product (TF32 if the run enabled it)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for _ in range(reps + 2):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times[2:]) / 1e9
+
+
+def available_experiments() -> list[str]:
+    """The experiment folders present in this checkout."""
+    return [name for name in EXPERIMENTS if (REPO_ROOT / name / "hvae.py").is_file()]
+
+
+def synthetic_data(model_cls, device: torch.device, n: int = SYNTHETIC_IMAGES) -> DeviceData:
+    """Random uint8 images preprocessed as the experiment's data set (binarised or grey)."""
+    raw = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
+    images, scale = model_cls.dataset.preprocess(raw)
+    return DeviceData(images.to(device), scale)
+
+
+def build_trainer(experiment: str, method: str, bs: int, device: torch.device,
+                  seed: int = 0) -> Trainer:
+    """The training loop's Trainer for one experiment x method, on synthetic data."""
+    torch.manual_seed(seed)
+    model_cls = load_model_class(experiment)
+    model = model_cls(30, 100).to(device)
+    args = SimpleNamespace(stepsize=1e-4, nan_policy="stop", bs=bs)
+    return Trainer(model, method, synthetic_data(model_cls, device), None, args, device)
+
+
+def iteration_gflop(trainer: Trainer) -> float:
+    """GFLOP of one training iteration (matrix products and convolutions, forward+backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        trainer.iteration()
+    return counter.get_total_flops() / 1e9
+
+
+def time_iterations(trainer: Trainer, iters: int, warmup: int) -> tuple[list[float], list[float]]:
+    """(wall seconds, process CPU seconds) of each of `iters` iterations after `warmup` ones.
+
+    CPU seconds are the robust figure on a shared machine when torch runs one thread:
+    they count the work done, not the waiting for a core.
+    """
+    wall, cpu = [], []
+    for i in range(warmup + iters):
+        sync(trainer.device)
+        t, c = time.perf_counter(), time.process_time()
+        trainer.iteration()
+        sync(trainer.device)
+        if i >= warmup:
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return wall, cpu
+
+
+def bench_pair(experiment: str, method: str, bs: int, device: torch.device, iters: int,
+               warmup: int, compiled: bool) -> dict:
+    trainer = build_trainer(experiment, method, bs, device)
+    gflop = iteration_gflop(trainer)  # counted in eager mode; compiling keeps the arithmetic
+    started = time.perf_counter()
+    if compiled:
+        runtime.compile_model(trainer.model)
+    times, cpu = time_iterations(trainer, iters, warmup)
+    median = statistics.median(times)
+    return {"experiment": experiment, "method": method, "bs": bs, "device": str(device),
+            "compile": compiled, "seconds": median, "it_per_s": 1 / median,
+            "min_seconds": min(times), "times": times, "cpu_seconds": statistics.median(cpu),
+            "gflop": gflop,
+            "gflop_per_s": gflop / median,
+            "setup_seconds": time.perf_counter() - started - sum(times)}
+
+
+def markdown(rows: list[dict], peak: float) -> str:
+    """The results as a markdown table (with the authors' figures where they apply)."""
+    authors = any(r["device"] == "cpu" and r["bs"] == 1024 for r in rows)
+    head = ["experiment", "method", "compile", "s/it (median)", "it/s", "CPU s/it", "GFLOP/it",
+            "GFLOP/s", "% of peak"]
+    if authors:
+        head += ["authors s/it", "speed-up"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [r["experiment"], r["method"], "yes" if r["compile"] else "no",
+                 f"{r['seconds']:.4g}", f"{r['it_per_s']:.3g}", f"{r['cpu_seconds']:.4g}",
+                 f"{r['gflop']:.1f}",
+                 f"{r['gflop_per_s']:.1f}", f"{100 * r['gflop_per_s'] / peak:.0f}%"]
+        if authors:
+            ref = AUTHORS_CPU_1024.get((r["experiment"], r["method"]))
+            ok = ref is not None and r["device"] == "cpu" and r["bs"] == 1024
+            cells += [f"{ref:.2f}" if ok else "", f"{ref / r['seconds']:.2f}x" if ok else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def conditions(device: torch.device, applied: dict) -> dict:
+    """What the figures were measured on and under."""
+    info = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+            "device": str(device), "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "settings": applied}
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = os.getloadavg()[0]
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# --- generate_data's PNG writing ---------------------------------------------------------
+def _grey(path: Path) -> bytes:
+    """Decoded grey pixels (save_image writes RGB, the pool 8-bit grey: same values)."""
+    from PIL import Image
+    with Image.open(path) as img:
+        return img.convert("L").tobytes()
+
+
+def bench_png(n: int, workers: int) -> dict:
+    """Images/s of export.PngWriter vs one torchvision save_image call per image, same images."""
+    from torchvision.utils import save_image
+
+    from symvae.export import PngWriter
+    images = (torch.rand(n, 1, 28, 28) > 0.5).float()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        single, pooled = Path(tmp, "single"), Path(tmp, "pooled")
+        single.mkdir()
+        pooled.mkdir()
+        t = time.perf_counter()
+        for i, img in enumerate(images):
+            save_image(img, single / f"img_{i:05d}.png")
+        out["save_image_per_s"] = n / (time.perf_counter() - t)
+        t = time.perf_counter()
+        writer = PngWriter(workers)
+        writer.write(pooled, 0, images)
+        writer.close()
+        out["png_writer_per_s"] = n / (time.perf_counter() - t)
+        same = all(_grey(single / f.name) == _grey(f) for f in sorted(pooled.iterdir())[:100])
+    out.update(n=n, workers=workers, speedup=out["png_writer_per_s"] / out["save_image_per_s"],
+               first_100_same_pixels=same)
+    return out
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Iterations per second of each experiment x method.")
+    p.add_argument("--experiments", nargs="+", default=None,
+                   help=f"experiment folders (default: those present of {', '.join(EXPERIMENTS)})")
+    p.add_argument("--all", action="store_true", help="every present experiment, both methods")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--bs", type=int, default=1024, help="batch size (default 1024)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--iters", type=int, default=None,
+                   help="timed iterations per pair (default 5 on CPU, 30 on accelerators)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed iterations first (default 1 on CPU, 5 on accelerators)")
+    p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
+                   help="torch.compile the networks: no, yes, or both side by side")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--gpu-check", action="store_true",
+                   help="the GPU check: --all --bs 1024 --device cuda --compile both")
+    p.add_argument("--png", action="store_true",
+                   help="benchmark generate_data's PNG writing instead of training")
+    p.add_argument("--png_images", type=int, default=5000, help="images for --png")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="PNG writer processes for --png")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--md", default=None, help="write the markdown table here")
+    args = p.parse_args(argv)
+    if args.gpu_check:
+        args.all, args.bs, args.compile = True, 1024, "both"
+        args.device = "cuda" if args.device == "auto" else args.device
+    if args.bs < 1:
+        fail(f"--bs {args.bs}: must be a positive batch size")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.png:
+        result = bench_png(args.png_images, args.workers)
+        print(json.dumps(result, indent=1))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        return 0
+    device = pick_device(args.device)
+    applied = runtime.configure(device, args.threads)
+    accel = device.type != "cpu"
+    iters = args.iters or (30 if accel else 5)
+    warmup = args.warmup if args.warmup is not None else (5 if accel else 1)
+    present = available_experiments()
+    experiments = args.experiments or present
+    for name in experiments:
+        if name not in present and not Path(name, "hvae.py").is_file():
+            fail(f"--experiments {name}: no {name}/hvae.py here; present: {', '.join(present)}")
+    compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    info = conditions(device, applied)
+    print(f"# {info}", file=sys.stderr)
+    peak = matmul_peak(device)
+    rows = []
+    for compiled in compiles:  # every eager figure first: compiling is the slow part
+        for name in experiments:
+            for method in args.methods:
+                row = bench_pair(name, method, args.bs, device, iters, warmup, compiled)
+                rows.append(row)
+                print(f"{name} {method} compile={compiled}: {row['seconds']:.4g} s/it, "
+                      f"{row['gflop_per_s']:.1f} GFLOP/s", file=sys.stderr, flush=True)
+    peak = max(peak, matmul_peak(device))  # measured before and after: the better of the two
+    info["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    table = markdown(rows, peak)
+    print(f"matmul peak {peak:.1f} GFLOP/s ({device}, {info['threads']} threads); "
+          f"batch {args.bs}, median of {iters} after {warmup} warm-up")
+    print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"conditions": info, "peak_gflop_per_s": peak,
+                                              "iters": iters, "warmup": warmup,
+                                              "results": rows}, indent=1) + "\n")
+    if args.md:
+        Path(args.md).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Process settings for fast training, each chosen by measurement (docs/benchmarks.md).
+
+- glibc malloc keeps freed memory: by default it serves every block above its
+  mmap threshold (at most 32 MB) with a fresh `mmap` and unmaps it on free, so
+  each large activation of a batch-1024 step is page-faulted and zeroed again
+  on every iteration (about half of a CPU step). `mallopt` at start serves them
+  from the heap and never trims it, so the pages are re-used.
+- CUDA: TF32 matrix products and convolutions (fp32 storage, ~10-bit mantissa
+  products), and cuDNN's autotuner for the fixed layer shapes.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+import torch
+
+# <malloc.h> parameter numbers of mallopt()
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+_applied: dict[str, bool] = {}
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # mallopt() exists in glibc; musl and other C libraries may lack it or ignore it
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
+    except OSError:
+        return None
+
+
+def malloc_keep_memory(keep: bool = True) -> bool:
+    """Make glibc keep freed large blocks (True) or return to its defaults (False).
+
+    keep: no mmap-served blocks (M_MMAP_MAX 0) and no heap trimming
+    (M_TRIM_THRESHOLD -1, i.e. the largest size_t). Returns whether glibc accepted it;
+    False (and nothing changed) on other C libraries and systems.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    mmap_max, trim = (0, -1) if keep else (65536, 128 * 1024)  # glibc's defaults
+    return bool(libc.mallopt(M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim))
+
+
+def configure(device: torch.device, threads: int | None = None) -> dict[str, bool | int]:
+    """Apply the measured process settings for training or sampling on `device`.
+
+    Returns what was applied, for the log line. `threads` sets torch's CPU
+    thread count (default: leave torch's choice, one per core).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device.type == "cpu" and "malloc" not in _applied:
+        _applied["malloc"] = malloc_keep_memory(True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return {"malloc_keep": _applied.get("malloc", False), "threads": torch.get_num_threads(),
+            "tf32": device.type == "cuda"}
+
+
+def compile_model(model: torch.nn.Module) -> None:
+    """torch.compile each network of the model in place (the learning steps stay eager)."""
+    for child in model.children():
+        child.compile()
