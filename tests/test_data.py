@@ -8,8 +8,14 @@ import pytest
 import torch
 from conftest import write_idx
 
-from symvae.data import Dataset, DataMissing, DeviceData, default_data_root, flip_noise, \
-    gaussian_noise
+from symvae.data import (
+    DataMissing,
+    Dataset,
+    DeviceData,
+    default_data_root,
+    flip_noise,
+    gaussian_noise,
+)
 
 MNIST = Dataset("MNIST", threshold=0.4375, noise=flip_noise(0.001))
 FASHION = Dataset("FashionMNIST", threshold=None, noise=gaussian_noise(0.01))

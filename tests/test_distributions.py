@@ -6,8 +6,14 @@ import math
 import torch
 from torch.distributions import Bernoulli, kl_divergence
 
-from symvae.distributions import MIX, bernoulli_kl, bernoulli_nll, binary_entropy, \
-    gaussian_nll, zgr_sample
+from symvae.distributions import (
+    MIX,
+    bernoulli_kl,
+    bernoulli_nll,
+    binary_entropy,
+    gaussian_nll,
+    zgr_sample,
+)
 
 
 def test_bernoulli_nll_equals_hand_bce_sum():
@@ -57,7 +63,7 @@ def test_zgr_sample_frequency_matches_probability():
 def test_bernoulli_kl_matches_torch_distributions():
     torch.manual_seed(2)
     q, p = torch.randn(50) * 3, torch.randn(50) * 3
-    mix = lambda logit: torch.sigmoid(logit) * (1 - MIX) + 0.5 * MIX  # noqa: E731
+    mix = lambda logit: torch.sigmoid(logit) * (1 - MIX) + 0.5 * MIX
     expected = kl_divergence(Bernoulli(probs=mix(q)), Bernoulli(probs=mix(p)))
     assert torch.allclose(bernoulli_kl(q, p), expected, atol=1e-5)
     assert torch.allclose(bernoulli_kl(q, q), torch.zeros(50), atol=1e-6)
