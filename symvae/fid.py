@@ -98,11 +98,15 @@ class FeatureStats:
         self.shift = self.sum = self.outer = None
 
     def add(self, feats: Tensor) -> None:
-        f = feats.detach().to("cpu", torch.float64)
+        # sums stay on the GPU (the outer products would slow a fast GPU down on the host);
+        # MPS has no float64, so they go to the CPU there
+        device = "cpu" if feats.device.type == "mps" else feats.device
+        f = feats.detach().to(device, torch.float64)
         if self.shift is None:
             self.shift = f.mean(0)
             self.sum = torch.zeros_like(self.shift)
-            self.outer = torch.zeros(len(self.shift), len(self.shift), dtype=torch.float64)
+            self.outer = torch.zeros(len(self.shift), len(self.shift), dtype=torch.float64,
+                                     device=device)
         d = f - self.shift
         self.n += len(d)
         self.sum += d.sum(0)
@@ -114,7 +118,7 @@ class FeatureStats:
             raise ValueError(f"a covariance needs at least 2 images, got {self.n}")
         m = self.sum / self.n
         sigma = (self.outer - self.n * torch.outer(m, m)) / (self.n - 1)
-        return (self.shift + m).numpy(), sigma.numpy()
+        return (self.shift + m).cpu().numpy(), sigma.cpu().numpy()
 
 
 def add_images(stats: FeatureStats, images: Tensor, features: Features, bs: int) -> None:
