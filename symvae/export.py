@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from symvae import runtime
@@ -28,9 +31,9 @@ from symvae.cli import (
     pick_device,
     seed_everything,
 )
-from symvae.data import DataMissing
+from symvae.data import DataMissing, DeviceData
 from symvae.generate import load_trained, positive
-from symvae.model import HVAE
+from symvae.model import HVAE, Latents
 from symvae.png import write_grey
 from symvae.sampling import run_chain, to_uint8
 
@@ -62,8 +65,44 @@ class PngWriter:
             self.pool.shutdown()
 
 
-def _codes(z) -> np.ndarray:
+def _codes(z: Latents) -> np.ndarray:
     return torch.cat(z, 1).to(torch.uint8).cpu().numpy()
+
+
+@dataclass
+class Chunk:
+    """One chunk of the FID image sets, images as written: data, single shot, limiting."""
+
+    first: int  # index of the chunk's first image in each set
+    data: Tensor  # data images in [0,1] (as the model sees them)
+    posterior_z: Latents  # z ~ q(z|x) of the data images
+    prior_z: Latents  # z ~ p of the single-shot images
+    shot: Tensor  # pixels.export of p(x|z1) for z ~ p
+    limiting_z: Latents  # z of each chain's last step
+    limiting: Tensor  # pixels.export of the decoder outputs of each chain's last step
+
+
+@torch.no_grad()
+def image_chunks(model: HVAE, data: DeviceData, n: int, bs: int, chain_steps: int,
+                 on_progress: Callable[[int], None] | None = None) -> Iterator[Chunk]:
+    """The first n images of each FID set, `bs` at a time (chains run side by side).
+
+    Random numbers are drawn in one fixed order per chunk (q(z|x) of the data,
+    the single shot, then the chain), so a seed gives the same images to every
+    consumer (generate_data.py, the score command). `on_progress(k)` is told
+    of k more image-steps: 2 per image for data and single shot, 1 per chain step.
+    """
+    tick = on_progress or (lambda k: None)
+    for first in range(0, n, bs):
+        size = min(bs, n - first)
+        x = data.as_float(data.images[first:first + size])
+        posterior_z = model.sample_q(x)[0]
+        prior_z, shot = model.single_shot(size)
+        tick(2 * size)
+        start = model.pixels.chain_start(size, x.device)
+        limiting_z, last = run_chain(model, start, chain_steps, on_step=lambda s=size: tick(s))
+        yield Chunk(first, x, posterior_z, prior_z, model.pixels.export(shot),
+                    limiting_z, model.pixels.export(last))
 
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
@@ -97,20 +136,12 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     codes = {name: [] for name in CODES}
     writer = PngWriter(args.workers)
     bar = tqdm(total=n * (args.chain_steps + 2), unit="img", desc="generate_data")
-    with torch.no_grad():
-        for first in range(0, n, args.bs):
-            size = min(args.bs, n - first)
-            x = data.as_float(data.images[first:first + size])
-            writer.write(out / "images", first, x)
-            codes["posterior_z"].append(_codes(model.sample_q(x)[0]))
-            z, shot = model.single_shot(size)
-            codes["prior_z"].append(_codes(z))
-            writer.write(out / "sh_images", first, model.pixels.export(shot))
-            bar.update(2 * size)
-            start = model.pixels.chain_start(size, device)
-            z, last = run_chain(model, start, args.chain_steps, on_step=lambda s=size: bar.update(s))
-            codes["limiting_z"].append(_codes(z))
-            writer.write(out / "lim_images", first, model.pixels.export(last))
+    for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
+        writer.write(out / "images", chunk.first, chunk.data)
+        writer.write(out / "sh_images", chunk.first, chunk.shot)
+        writer.write(out / "lim_images", chunk.first, chunk.limiting)
+        for name in CODES:
+            codes[name].append(_codes(getattr(chunk, name)))
     writer.close()
     bar.close()
     for name, parts in codes.items():

@@ -1,0 +1,280 @@
+"""FID of a trained model's samples against its data, in memory (SPEC §6, the seed's table).
+
+Run inside an experiment folder:
+
+    python -m symvae.fid --call_prefix 0 --nz0 30 --nz1 100 [--n 70000] [--chain_steps 1000]
+
+It draws the random-code and limiting image sets exactly as generate_data.py
+would write them (same seed, same --bs: same images), feeds them to pytorch-fid's
+Inception network as pytorch-fid reads the PNG files (8-bit, grey copied to RGB,
+/255), and compares their pool3 statistics with those of the first --n data
+images, cached once per dataset and size as a pytorch-fid .npz (keys mu, sigma).
+The row is printed in the seed table's format and appended to fid_results.md
+and fid_results.json in the folder.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from symvae import checkpoint as ckpt_io
+from symvae.cli import check_model_args, fail, model_flags, pick_device, seed_everything
+from symvae.data import DataMissing, Dataset, DeviceData, default_data_root
+from symvae.experiment import load_model_class
+from symvae.export import image_chunks
+from symvae.generate import load_trained, positive
+from symvae.sampling import to_uint8
+
+WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid loads from the hub
+POOL3 = 2048  # pool3 features: pytorch-fid's default and the seed's numbers
+# Measured on the 2-core CPU (see README): channels_last runs Inception faster there.
+CHANNELS_LAST_ON_CPU = True
+RESULTS = ("fid_results.md", "fid_results.json")
+TABLE_HEAD = ("| method/tag | random code FID | limiting FID | n | chain steps | date |\n"
+              "| --- | --- | --- | --- | --- | --- |\n")
+
+Features = Callable[[Tensor], Tensor]  # [B,3,H,W] in [0,1] -> features [B,D]
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
+                     mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2):
+    ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
+
+    pytorch-fid's own implementation, so that the numbers are the seed's.
+    """
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
+def inception_input(images: Tensor) -> Tensor:
+    """Images [B,1,H,W] in [0,1] -> [B,3,H,W] exactly as pytorch-fid reads their PNG files:
+    8-bit as generate_data.py writes them, grey copied to RGB, then uint8 / 255."""
+    grey = to_uint8(images.float()).to(torch.float32).div_(255)
+    return grey.expand(-1, 3, -1, -1)
+
+
+def weights_path() -> Path:
+    """Where pytorch-fid finds its Inception weights: the torch hub's checkpoints folder."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+
+
+def inception_features(device: torch.device) -> Features:
+    """pytorch-fid's InceptionV3 on `device`: images -> pool3 features [B, 2048].
+
+    Raises FileNotFoundError (with the fix) when the weights file is not in the hub.
+    """
+    if not weights_path().is_file():
+        raise FileNotFoundError(f"{weights_path()}: pytorch-fid's Inception weights are missing; "
+                                "run `python -m symvae.data fetch inception`")
+    from pytorch_fid.inception import InceptionV3
+    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[POOL3]]).to(device).eval()
+    fmt = torch.channels_last if device.type == "cpu" and CHANNELS_LAST_ON_CPU \
+        else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+
+    def features(x: Tensor) -> Tensor:
+        return net(x.contiguous(memory_format=fmt))[0].flatten(1)
+    return features
+
+
+class FeatureStats:
+    """Running mean and covariance of feature vectors, in float64 like pytorch-fid's
+    np.mean / np.cov; sums are taken around the first batch's mean to keep them exact."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift = self.sum = self.outer = None
+
+    def add(self, feats: Tensor) -> None:
+        # sums stay on the GPU (the outer products would slow a fast GPU down on the host);
+        # MPS has no float64, so they go to the CPU there
+        device = "cpu" if feats.device.type == "mps" else feats.device
+        f = feats.detach().to(device, torch.float64)
+        if self.shift is None:
+            self.shift = f.mean(0)
+            self.sum = torch.zeros_like(self.shift)
+            self.outer = torch.zeros(len(self.shift), len(self.shift), dtype=torch.float64,
+                                     device=device)
+        d = f - self.shift
+        self.n += len(d)
+        self.sum += d.sum(0)
+        self.outer += d.T @ d
+
+    def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, unbiased covariance) of all features added; needs at least 2."""
+        if self.n < 2:
+            raise ValueError(f"a covariance needs at least 2 images, got {self.n}")
+        m = self.sum / self.n
+        sigma = (self.outer - self.n * torch.outer(m, m)) / (self.n - 1)
+        return (self.shift + m).cpu().numpy(), sigma.cpu().numpy()
+
+
+def add_images(stats: FeatureStats, images: Tensor, features: Features, bs: int) -> None:
+    """Add the features of images [N,1,H,W] in [0,1], `bs` images per network call."""
+    with torch.inference_mode():
+        for i in range(0, len(images), bs):
+            stats.add(features(inception_input(images[i:i + bs])))
+
+
+def image_statistics(chunks: Iterable[Tensor], features: Features, bs: int,
+                     on_images: Callable[[int], None] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the features of a stream of image chunks [N,1,H,W] in [0,1]."""
+    stats = FeatureStats()
+    for chunk in chunks:
+        add_images(stats, chunk, features, bs)
+        if on_images:
+            on_images(len(chunk))
+    return stats.mu_sigma()
+
+
+def data_statistics(dataset: Dataset, data: DeviceData, n: int, cache_dir: Path,
+                    features: Features, bs: int, kind: str = "pool3",
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the first n data images, from CACHE_DIR's .npz when it matches.
+
+    The file is pytorch-fid's format (mu, sigma; usable as `python -m pytorch_fid
+    FILE.npz DIR`) plus the digest of the images it was computed from, so a
+    changed data set is never scored against stale statistics.
+    """
+    name = dataset.name + (f"-bin{dataset.threshold}" if dataset.threshold is not None else "")
+    path = cache_dir / f"{name}-n{n}-{kind}.npz"
+    images = data.images[:n]
+    digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()
+    if path.is_file():
+        with np.load(path) as f:
+            if "digest" in f.files and str(f["digest"]) == digest:
+                return f["mu"], f["sigma"]
+    bar = tqdm(total=n, unit="img", desc=f"data statistics {name}", disable=not progress)
+    step = max(bs, 1000)
+    mu, sigma = image_statistics((data.as_float(images[i:i + step]) for i in range(0, n, step)),
+                                 features, bs, bar.update)
+    bar.close()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.atomic_write(path, lambda f: np.savez_compressed(f, mu=mu, sigma=sigma,
+                                                                 digest=digest))
+        print(f"cached the data statistics in {path}", file=sys.stderr)
+    except OSError as err:
+        print(f"could not cache the data statistics in {path} ({err}); computed afresh next time",
+              file=sys.stderr)
+    return mu, sigma
+
+
+def stats_cache_dir(data_root: str | None, folder: Path) -> Path:
+    """fid_stats/ under the data root (shared by the experiments on one data set), or under
+    the folder's generated_data/ when the data root is not writable."""
+    root = Path(data_root) if data_root else default_data_root()
+    if os.access(root, os.W_OK):
+        return root / "fid_stats"
+    return folder / "generated_data" / "fid_stats"
+
+
+def append_results(folder: Path, record: dict) -> None:
+    """Add one row to fid_results.md and one record to the list in fid_results.json."""
+    md, js = (folder / name for name in RESULTS)
+    records = json.loads(js.read_text()) if js.is_file() else []
+    records.append(record)
+    ckpt_io.atomic_write(js, lambda f: f.write((json.dumps(records, indent=1) + "\n").encode()))
+    row = (f"| {record['label']} | {record['random_code_fid']:.4f} | {record['limiting_fid']:.4f} "
+           f"| {record['n']} | {record['chain_steps']} | {record['date']} |\n")
+    text = md.read_text() if md.is_file() else TABLE_HEAD
+    ckpt_io.atomic_write(md, lambda f: f.write((text + row).encode()))
+
+
+def check_results(folder: Path) -> None:
+    """Fail before any work when the results files cannot take another row."""
+    js = folder / RESULTS[1]
+    try:
+        if js.is_file() and not isinstance(json.loads(js.read_text()), list):
+            raise ValueError("not a list of records")
+    except ValueError as err:
+        fail(f"{js}: unreadable results file ({err}); move it away or delete it")
+    if not os.access(folder, os.W_OK):
+        fail(f"{folder} is not writable; run the score command in a writable experiment folder")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="FID of random-code and limiting samples against the data, in memory; "
+                    "run inside an experiment folder.")
+    model_flags(p)
+    p.add_argument("--n", type=int, default=70000,
+                   help="images per set (default 70,000; at most the data set's size)")
+    p.add_argument("--chain_steps", type=int, default=1000, help="steps of each limiting chain")
+    p.add_argument("--bs", type=int, default=1000,
+                   help="chains run side by side (as generate_data.py's --bs: same seed and bs, "
+                        "same images)")
+    p.add_argument("--feature_bs", type=int, default=50,
+                   help="images per Inception call (pytorch-fid's default is 50)")
+    p.add_argument("--data_root", default=None, help="as for main_sym.py")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None, features: Features | None = None) -> int:
+    """The score command; `features` replaces the Inception network (tests)."""
+    args = parser().parse_args(argv)
+    folder = Path.cwd()
+    try:
+        model_cls = load_model_class(folder)
+    except FileNotFoundError as err:
+        fail(str(err))
+    check_model_args(args)
+    for flag in ("chain_steps", "bs", "feature_bs"):
+        positive(f"--{flag}", getattr(args, flag))
+    if args.n < 2:
+        fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
+    check_results(folder)
+    device = pick_device(args.device)
+    if features is None:  # built before seeding: building modules draws random numbers
+        try:
+            features = inception_features(device)
+        except FileNotFoundError as err:
+            fail(str(err))
+    seed_everything(args.seed)  # then the same draws as generate_data.py
+    model = load_trained(model_cls, args, device)
+    method = ckpt_io.load(folder / "models" / f"m_{args.call_prefix}.pt").get("method")
+    try:
+        data = model_cls.dataset.load(args.data_root, device)
+    except DataMissing as err:
+        fail(str(err))
+    n = min(args.n, len(data))
+    data_mu, data_sigma = data_statistics(model_cls.dataset, data, n,
+                                          stats_cache_dir(args.data_root, folder), features,
+                                          args.feature_bs, progress=not args.no_progress)
+    shot, lim = FeatureStats(), FeatureStats()
+    bar = tqdm(total=n * (args.chain_steps + 4), unit="img-step", desc="fid",
+               disable=args.no_progress)
+    for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
+        for stats, images in ((shot, chunk.shot), (lim, chunk.limiting)):
+            add_images(stats, images, features, args.feature_bs)
+            bar.update(len(images))
+    bar.close()
+    fids = [frechet_distance(*stats.mu_sigma(), data_mu, data_sigma) for stats in (shot, lim)]
+    label = f"{method}/{args.call_prefix}" if method else args.call_prefix
+    print("| method/tag | random code FID | limiting FID |\n| --- | --- | --- |")
+    print(f"| {label} | {fids[0]:.4f} | {fids[1]:.4f} |")
+    append_results(folder, {
+        "label": label, "tag": args.call_prefix, "method": method,
+        "experiment": model.experiment, "random_code_fid": fids[0], "limiting_fid": fids[1],
+        "n": n, "chain_steps": args.chain_steps, "bs": args.bs, "seed": args.seed,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+    print(f"appended to {folder / RESULTS[0]} and {folder / RESULTS[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
