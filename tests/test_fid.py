@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from conftest import REPO, run_script, write_dataset
 
 from symvae import checkpoint as ckpt_io
 from symvae import fid
+from symvae.data import DeviceData
 from symvae.experiment import load_model_class
 from symvae.export import PngWriter
+from symvae.train import RunFiles, Trainer
 
 NZ = ("--nz0", "4", "--nz1", "8")
 
@@ -105,9 +108,11 @@ def save_untrained(folder: Path, tag: str, method: str | None = "sym") -> None:
             p.mul_(3)
     (folder / "models").mkdir(exist_ok=True)
     state = model.state_dict()
-    if method is not None:
-        state = {"format": ckpt_io.CHECKPOINT_FORMAT, "experiment": model.experiment,
-                 "method": method, "nz0": 4, "nz1": 8, "model": state}
+    if method is not None:  # the checkpoint a training run would write at count 0
+        args = SimpleNamespace(stepsize=1e-4, nan_policy="stop", bs=1, nz0=4, nz1=8)
+        data = DeviceData(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), 1.0)
+        state = Trainer(model, method, data, RunFiles(folder, tag), args,
+                        torch.device("cpu")).state_dict()
     ckpt_io.save(folder / "models" / f"m_{tag}.pt", state)
 
 
