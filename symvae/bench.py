@@ -35,7 +35,7 @@ from symvae.train import Trainer
 METHODS = ("sym", "elbo")
 SYNTHETIC_IMAGES = 70000
 # The authors' scripts on a 2-core CPU (torch 2.14.1, 2 threads, batch 1024), seconds per
-# iteration, median of 10+: shipped (anomaly detection on); issue 7 of the project.
+# iteration, median of 10+: shipped (anomaly detection on).
 AUTHORS_CPU_1024 = {
     ("mnist-ladder", "sym"): 7.23, ("mnist-ladder", "elbo"): 4.47,
     ("mnist-reverse", "sym"): 6.20, ("mnist-reverse", "elbo"): 3.75,

@@ -274,6 +274,8 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
     if args.bs > len(data):
         fail(f"--bs {args.bs}: larger than the data set ({len(data)} images)")
     ensure_dirs(folder, ("images", "logs", "models"))
+    for stale in files.model.parent.glob(f".{files.model.name}.tmp*"):  # left by a killed save
+        stale.unlink()
 
     if args.detect_anomaly:
         torch.autograd.set_detect_anomaly(True)

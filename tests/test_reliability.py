@@ -452,6 +452,7 @@ def test_kill_9_during_and_between_saves_then_resume(data, tmp_path, monkeypatch
     assert train_run(folder, data, *resume, "--niterations", str(count + 2),
                      monkeypatch=monkeypatch) == 0
     assert count_of(model_file) == count + 2
+    assert not list(folder.glob("models/.m_k.pt.tmp*"))  # a killed save's leftovers are gone
     lines = log_lines(folder, "k")
     assert [line for line in lines if line.startswith("# resumed")] == [
         f"# resumed from {model_file} at count {c}" for c in (1, 2, count)]
