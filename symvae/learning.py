@@ -30,60 +30,64 @@ def check_finite(logs: Logs) -> None:
         raise NonFinite(bad[0])
 
 
-class SymmetricLearner:
+class Learner:
+    """Adam steps on losses, each guarded against non-finite terms when `guard` is set."""
+
+    method = ""
+
+    def __init__(self, model: HVAE, guard: bool):
+        self.model, self.guard = model, guard
+        self.optimizers: list[torch.optim.Optimizer] = []
+
+    def descend(self, opt: torch.optim.Optimizer, loss: Tensor, logs: Logs) -> None:
+        """One Adam step on `loss`; with `guard`, NonFinite is raised before a poisoned step."""
+        if self.guard:
+            check_finite(logs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+class SymmetricLearner(Learner):
     """Two Adams, one per player."""
 
     method = "sym"
 
     def __init__(self, model: HVAE, stepsize: float, guard: bool = True):
-        self.model, self.guard = model, guard
+        super().__init__(model, guard)
         self.opt_p = torch.optim.Adam(model.p_parameters(), lr=stepsize)
         self.opt_q = torch.optim.Adam(model.q_parameters(), lr=stepsize)
         self.optimizers = [self.opt_p, self.opt_q]
 
     def step(self, x: Tensor) -> tuple[Logs, Logs]:
-        """One iteration on a (noisy) data batch; returns (log terms, logits for statistics).
-
-        With `guard`, a non-finite term raises NonFinite before its optimiser step.
-        """
+        """One iteration on a (noisy) data batch; returns (log terms, logits for statistics)."""
         model = self.model
-        with torch.no_grad():
+        with torch.no_grad():  # p-step: complete the data by z ~ q(z|x), fit log p(z, x)
             z_q, q_logits = model.sample_q(x)
         p_loss, p_logs = model.nll_p(z_q, x)
-        if self.guard:
-            check_finite(p_logs)
-        self.opt_p.zero_grad(set_to_none=True)
-        p_loss.backward()
-        self.opt_p.step()
+        self.descend(self.opt_p, p_loss, p_logs)
 
-        with torch.no_grad():
+        with torch.no_grad():  # q-step: sample (z, x) ~ p, fit log q(z|x)
             z_p, x_p, p_logits = model.sample_p(len(x))
         q_loss, q_logs = model.nll_q(z_p, x_p)
-        if self.guard:
-            check_finite(q_logs)
-        self.opt_q.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.opt_q.step()
+        self.descend(self.opt_q, q_loss, q_logs)
         return {**p_logs, **q_logs}, {**p_logits, **q_logits}
 
 
-class ElboLearner:
+class ElboLearner(Learner):
     """One Adam over all parameters on the negative ELBO."""
 
     method = "elbo"
 
     def __init__(self, model: HVAE, stepsize: float, guard: bool = True):
-        self.model, self.guard = model, guard
+        super().__init__(model, guard)
         self.opt = torch.optim.Adam(model.parameters(), lr=stepsize)
         self.optimizers = [self.opt]
 
     def step(self, x: Tensor) -> tuple[Logs, Logs]:
+        """One iteration: returns (log terms, logits for statistics)."""
         loss, logs, stat_logits = self.model.elbo_loss(x)
-        if self.guard:
-            check_finite(logs)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.descend(self.opt, loss, logs)
         return logs, stat_logits
 
 
