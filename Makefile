@@ -18,7 +18,7 @@ setup: $(VENV)/.installed
 
 # A short symmetric-learning run of mnist-ladder on the CPU, then its sample grids.
 demo: setup
-	cd mnist-ladder && $(PY) main_sym.py $(DEMO) --stepsize 1e-3 --bs 64 --niterations 300 \
+	cd mnist-ladder && $(PY) main_sym.py $(DEMO) --stepsize 1e-4 --bs 64 --niterations 300 \
 		--save_period 100 --overwrite
 	cd mnist-ladder && $(PY) generate.py $(DEMO) --chain_steps 100
 
