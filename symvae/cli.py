@@ -22,6 +22,22 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def positive(flag: str, value: int) -> int:
+    """`value` if it is at least 1, else fail naming the flag."""
+    if value < 1:
+        fail(f"{flag} {value}: must be a positive number")
+    return value
+
+
+def load_data(dataset, data_root: str | None, device: torch.device):
+    """The experiment's data set on `device` (fetched once if missing), or one clear error line."""
+    from symvae.data import DataMissing
+    try:
+        return dataset.load(data_root, device)
+    except DataMissing as err:
+        fail(str(err))
+
+
 def model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--call_prefix", default="0",
                         help="tag naming this run's model, log and images (default 0)")

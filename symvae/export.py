@@ -26,13 +26,14 @@ from symvae.cli import (
     check_model_args,
     check_tag,
     ensure_dirs,
-    fail,
+    load_data,
     model_flags,
     pick_device,
+    positive,
     seed_everything,
 )
-from symvae.data import DataMissing, DeviceData
-from symvae.generate import load_trained, positive
+from symvae.data import DeviceData
+from symvae.generate import load_trained
 from symvae.model import HVAE, Latents
 from symvae.png import write_grey
 from symvae.sampling import run_chain, to_uint8
@@ -126,10 +127,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     runtime.configure(device)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
-    try:
-        data = model_cls.dataset.load(args.data_root, device)
-    except DataMissing as err:
-        fail(str(err))
+    data = load_data(model_cls.dataset, args.data_root, device)
     n = min(args.n, len(data))
     out = Path.cwd() / "generated_data" / args.mode
     ensure_dirs(out, SETS)

@@ -29,11 +29,19 @@ from torch import Tensor
 from tqdm import tqdm
 
 from symvae import checkpoint as ckpt_io
-from symvae.cli import check_model_args, fail, model_flags, pick_device, seed_everything
-from symvae.data import DataMissing, Dataset, DeviceData, default_data_root
+from symvae.cli import (
+    check_model_args,
+    fail,
+    load_data,
+    model_flags,
+    pick_device,
+    positive,
+    seed_everything,
+)
+from symvae.data import Dataset, DeviceData, default_data_root
 from symvae.experiment import load_model_class
 from symvae.export import image_chunks
-from symvae.generate import load_trained, positive
+from symvae.generate import load_trained
 from symvae.sampling import to_uint8
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid loads from the hub
@@ -247,10 +255,7 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
     seed_everything(args.seed)  # then the same draws as generate_data.py
     model = load_trained(model_cls, args, device)
     method = ckpt_io.load(folder / "models" / f"m_{args.call_prefix}.pt").get("method")
-    try:
-        data = model_cls.dataset.load(args.data_root, device)
-    except DataMissing as err:
-        fail(str(err))
+    data = load_data(model_cls.dataset, args.data_root, device)
     n = min(args.n, len(data))
     data_mu, data_sigma = data_statistics(model_cls.dataset, data, n,
                                           stats_cache_dir(args.data_root, folder), features,

@@ -19,6 +19,7 @@ from symvae.cli import (
     fail,
     model_flags,
     pick_device,
+    positive,
     seed_everything,
 )
 from symvae.model import HVAE
@@ -37,12 +38,6 @@ def load_trained(model_cls: type[HVAE], args: argparse.Namespace,
         fail(str(err))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
-
-
-def positive(flag: str, value: int) -> int:
-    if value < 1:
-        fail(f"{flag} {value}: must be a positive number")
-    return value
 
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:

@@ -25,11 +25,12 @@ from symvae.cli import (
     check_train_args,
     ensure_dirs,
     fail,
+    load_data,
     pick_device,
     seed_everything,
     train_parser,
 )
-from symvae.data import DataMissing, DeviceData
+from symvae.data import DeviceData
 from symvae.learning import LEARNERS, NonFinite
 from symvae.model import HVAE
 from symvae.sampling import save_grid
@@ -267,10 +268,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
         fail(f"{files.model} already exists: continue it with --load_prefix "
              f"{args.call_prefix}, pick another --call_prefix, or pass --overwrite")
 
-    try:
-        data = model_cls.dataset.load(args.data_root, device)
-    except DataMissing as err:
-        fail(str(err))
+    data = load_data(model_cls.dataset, args.data_root, device)
     if args.bs > len(data):
         fail(f"--bs {args.bs}: larger than the data set ({len(data)} images)")
     ensure_dirs(folder, ("images", "logs", "models"))
