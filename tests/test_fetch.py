@@ -83,13 +83,20 @@ def test_corrupted_mirror_file_is_refused_and_nothing_lands(
     assert list(tmp_path.iterdir()) == []  # no raw dir, no staging dir left behind
 
 
+def raw_with(root: Path, files: dict[str, bytes]) -> Path:
+    """An existing MNIST raw folder under `root` holding `files`."""
+    raw = fetch.raw_dir("mnist", root)
+    raw.mkdir(parents=True)
+    for name, content in files.items():
+        (raw / name).write_bytes(content)
+    return raw
+
+
 def test_refusal_leaves_an_existing_raw_dir_untouched(
     tiny_mnist: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    raw = fetch.raw_dir("mnist", tmp_path)
-    raw.mkdir(parents=True)
-    (raw / "train-labels-idx1-ubyte").write_bytes(b"stale copy")
-    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"left by someone")
+    raw_with(tmp_path, {"train-labels-idx1-ubyte": b"stale copy",
+                        "train-images-idx3-ubyte.gz": b"left by someone"})
     before = _tree(tmp_path)
     corrupted = dict(tiny_mnist, **{"t10k-labels-idx1-ubyte": b""})
     monkeypatch.setattr(fetch, "_mirror_mnist", _mirror_writing(corrupted))
@@ -136,10 +143,7 @@ def test_fetch_installs_verified_files_then_rerun_does_nothing(
 def test_fetch_repairs_a_corrupt_file_and_keeps_unrelated_ones(
     tiny_mnist: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    raw = fetch.raw_dir("mnist", tmp_path)
-    raw.mkdir(parents=True)
-    (raw / "train-labels-idx1-ubyte").write_bytes(b"truncated")
-    (raw / "notes.txt").write_bytes(b"keep me")
+    raw = raw_with(tmp_path, {"train-labels-idx1-ubyte": b"truncated", "notes.txt": b"keep me"})
     assert not fetch.verify_dataset("mnist", tmp_path)
     monkeypatch.setattr(fetch, "_mirror_mnist", _mirror_writing(tiny_mnist))
 
