@@ -1,5 +1,6 @@
-"""The ladder HVAE on Fashion-MNIST (SPEC §2): MLP width 1000, tanh, ReLU in p(x|z1), and
-Gaussian pixels x ~ N(mu(z1), sigma^2) with one learned log sigma (part of p)."""
+"""The ladder HVAE on Fashion-MNIST (SPEC §2): encoder R 1000 wide, the decoder's p(z1|z0) 600
+wide as in MNIST, tanh, ReLU in p(x|z1), and Gaussian pixels x ~ N(mu(z1), sigma^2) with one
+learned log sigma (part of p)."""
 from fmnist import DATASET
 
 from symvae.ladder import LadderHVAE
@@ -8,4 +9,4 @@ from symvae.pixels import GaussianPixels
 
 class HVAE(LadderHVAE):
     experiment, dataset = "fmnist-ladder", DATASET
-    width, act, decoder_act, pixel_model = 1000, "tanh", "relu", GaussianPixels
+    width, p_width, act, decoder_act, pixel_model = 1000, 600, "tanh", "relu", GaussianPixels

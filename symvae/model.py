@@ -28,20 +28,22 @@ class HVAE(nn.Module):
     sym_names: ClassVar[tuple[str, ...]] = ()  # log names of a symmetric iteration
     elbo_names: ClassVar[tuple[str, ...]] = ()  # log names of an ELBO iteration
     mi_names: ClassVar[tuple[str, ...]] = ()  # bit groups with MI statistics
-    # What an experiment's hvae.py sets (SPEC §2): MLP width, activations, pixel model.
-    width: int = 600
+    # What an experiment's hvae.py sets (SPEC §2): MLP widths, activations, pixel model.
+    width: int = 600  # the encoder's networks
+    p_width: int = 600  # the decoder's p(z1|z0) MLP (600 in every experiment of the paper)
     act: str = "tanh"
     decoder_act: str = "tanh"  # activation inside p(x|z1)
     pixel_model: ClassVar[type[nn.Module]] = BernoulliPixels
 
     def __init__(self, nz0: int, nz1: int, *, width: int | None = None, act: str | None = None,
                  p_x: nn.Module | None = None, n_pixels: int = PIXELS):
-        """`width`/`act` override the class settings; `p_x` maps z1 to the pixel model's
-        outputs (default: the image decoder of SPEC §2) for `n_pixels` pixels."""
+        """`width` (both widths) and `act` override the class settings; `p_x` maps z1 to the
+        pixel model's outputs (default: the image decoder of SPEC §2) for `n_pixels` pixels."""
         super().__init__()
         self.nz0, self.nz1, self.n_pixels = nz0, nz1, n_pixels
         self.width, self.act = width or self.width, act or self.act
-        self.p_z1 = SkipMLP(nz0, nz1, self.width, 2, self.act)
+        self.p_width = width or self.p_width
+        self.p_z1 = SkipMLP(nz0, nz1, self.p_width, 2, self.act)
         self.p_x = pixel_decoder(nz1, self.decoder_act) if p_x is None else p_x
         self.pixels = self.pixel_model()
 

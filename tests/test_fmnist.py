@@ -1,4 +1,5 @@
-"""fmnist-ladder: width 1000, ReLU decoder, Gaussian pixels with a learned log sigma."""
+"""fmnist-ladder: encoder 1000 wide, p(z1|z0) 600 wide, ReLU decoder, Gaussian pixels with a
+learned log sigma."""
 from __future__ import annotations
 
 import math
@@ -28,13 +29,20 @@ def test_network_shapes(model):
     a0, a1 = model.scores(X)
     assert a0.shape == (B, NZ0) and a1.shape == (B, NZ1)
     hidden = [m.out_features for m in model.p_z1.mlp if isinstance(m, nn.Linear)]
-    assert hidden == [1000, 1000, NZ1]
+    assert hidden == [600, 600, NZ1]  # the authors' decoder MLP is 600 wide, as in MNIST
+    assert [m.out_features for m in model.r_a0 if isinstance(m, nn.Linear)] == [1000, 1000, NZ0]
     decoder_acts = {type(m) for m in model.p_x if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d,
                                                                      nn.Unflatten))}
     assert decoder_acts == {nn.ReLU}
     assert {type(m) for m in model.p_z1.mlp if not isinstance(m, nn.Linear)} == {nn.Tanh}
     assert {type(m) for m in model.r_trunk if isinstance(m, (nn.ReLU, nn.Tanh))} == {nn.Tanh}
     assert model.p_x(torch.zeros(B, NZ1)).shape == (B, 1, 28, 28)
+
+
+def test_parameter_count_is_the_authors():
+    # the authors' fmnist-ladder HVAE(30, 100); a 1000-wide p(z1|z0) would give 5,865,344
+    model = HVAE(30, 100)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 5_172_544
 
 
 def test_log_sigma_starts_at_zero_and_belongs_to_p(model):
