@@ -38,21 +38,25 @@ class _ZGR(torch.autograd.Function):
     """Forward: the sample b. Backward: upstream gradient times J = (b(1-p) + (1-b)p)/2."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, logits: Tensor, sample: Tensor | None) -> Tensor:  # type: ignore[override]
         p = torch.sigmoid(logits)
-        b = torch.bernoulli(p)
+        b = torch.bernoulli(p) if sample is None else sample.detach().to(p.dtype)
         ctx.save_for_backward(b, p)
         return b
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         b, p = ctx.saved_tensors
-        return grad * (b * (1 - p) + (1 - b) * p) * 0.5
+        return grad * (b * (1 - p) + (1 - b) * p) * 0.5, None
 
 
-def zgr_sample(logits: Tensor) -> Tensor:
-    """Bernoulli sample with the ZGR gradient estimator for its logits."""
-    return _ZGR.apply(logits)
+def zgr_sample(logits: Tensor, sample: Tensor | None = None) -> Tensor:
+    """Bernoulli sample with the ZGR gradient estimator for its logits.
+
+    `sample` (0./1., the logits' shape) is taken as the drawn value instead of a
+    fresh draw, so a gradient can be checked on fixed samples.
+    """
+    return _ZGR.apply(logits, sample)
 
 
 def mixed_prob(logits: Tensor) -> Tensor:

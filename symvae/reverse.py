@@ -63,11 +63,12 @@ class ReverseHVAE(HVAE):
         log_q = -bernoulli_nll(l1, z1) - bernoulli_nll(l0, z0)
         return log_q + self.nz0 * math.log(2.0) + bernoulli_nll(self.p_z1(z0), z1)
 
-    def elbo_loss(self, x: Tensor) -> tuple[Tensor, Logs, Logs]:
+    def elbo_loss(self, x: Tensor, latents: Latents | None = None) -> tuple[Tensor, Logs, Logs]:
+        fixed = latents or (None, None)
         l1 = self.q_z1_logits(x)
-        z1 = zgr_sample(l1)
+        z1 = zgr_sample(l1, fixed[1])
         l0 = self.q_z0(z1)
-        z0 = zgr_sample(l0)
+        z0 = zgr_sample(l0, fixed[0])
         data = self.pixels.nll(self.p_x(z1), x)
         kl = self.single_sample_kl((z0, z1), l0, l1)
         logs = {"dloss": self.per_pixel(data), "klloss": kl.mean() / (self.nz0 + self.nz1)}
