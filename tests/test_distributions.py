@@ -37,7 +37,7 @@ def test_gaussian_nll_formula():
     x = torch.tensor([[0.0, 1.0]])
     log_sigma = torch.tensor(-1.0)
     s2 = math.exp(-2.0)
-    hand = sum(0.5 * math.log(2 * math.pi) - 1.0 + (a - b) ** 2 / (2 * s2)
+    hand = sum(0.91894 - 1.0 + (a - b) ** 2 / (2 * s2)
                for a, b in ((0.0, 0.2), (1.0, 0.5)))
     assert abs(gaussian_nll(mu, log_sigma, x).item() - hand) < 1e-5
 
