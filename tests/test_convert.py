@@ -129,3 +129,23 @@ def test_an_authors_file_generates_and_resumes_with_its_statistics(experiment_co
     ckpt = ckpt_io.load(folder / "models" / "m_b.pt")
     assert ckpt["mi"]["p1"]["mi"].min() > 1.9  # 0.99 * 2.0 + 0.01 * (at most log 2)
     assert (ckpt["mi"]["q0"]["m"] - mi["q0"]["m"]).abs().max() <= 0.01  # one step of decay 0.99
+
+
+def test_our_loader_names_the_folder_an_authors_file_belongs_to(tmp_path):
+    model, mi = trained_state("mnist-ladder")
+    path = tmp_path / "m_l.pt"
+    torch.save(to_authors(model.state_dict(), mi, "mnist-ladder"), path)
+    ckpt = ckpt_io.load(path)
+    reverse = load_model_class("mnist-reverse")(TINY_NZ0, TINY_NZ1)
+    with pytest.raises(ckpt_io.CheckpointError, match="use it in the mnist-ladder folder"):
+        ckpt_io.check_compatible(ckpt, path, reverse, "mnist-reverse", TINY_NZ0, TINY_NZ1)
+    ckpt = ckpt_io.load(path)
+    ckpt_io.check_compatible(ckpt, path, model, "mnist-ladder", TINY_NZ0, TINY_NZ1)
+    assert ckpt["authors"] and same(ckpt["model"], model.state_dict())
+
+
+def test_crosscheck_without_the_authors_code_says_so_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "symvae.crosscheck", "--ref", str(tmp_path)],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "--ref" in proc.stderr
+    assert proc.stderr.count("\n") == 1
