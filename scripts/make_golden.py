@@ -4,7 +4,7 @@
 
 DIR is a checkout of the authors' repository (github dschles70/symvae-aistats2024). For each
 experiment, their HVAE is built after torch.manual_seed(SEED) (Fashion's log sigma then set to
-crosscheck.LOG_SIGMA); EXPERIMENT.json holds the
+symvae.authors.LOG_SIGMA); EXPERIMENT.json holds the
 sizes, the authors' commit and checksums of every weight tensor (our names), EXPERIMENT.npz
 the fixed inputs ("input::NAME") and every quantity of symvae.crosscheck ("GROUP::NAME"),
 computed in float64 so that float32 rounding (large where terms cancel) does not blur them.
@@ -23,14 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from symvae.authors import LOG_SIGMA, figures_of_authors, import_authors, seeded_authors_model
 from symvae.convert import from_authors
-from symvae.crosscheck import (
-    LOG_SIGMA,
-    figures_of_authors,
-    import_authors,
-    make_inputs,
-    seeded_authors_model,
-)
+from symvae.crosscheck import make_inputs
 from symvae.experiment import EXPERIMENTS
 
 SEED, NZ0, NZ1, BATCH = 0, 6, 10, 8
