@@ -2,8 +2,9 @@
 
 A full checkpoint is a dict (format CHECKPOINT_FORMAT) holding the model, the
 optimisers, the iteration count, RNG states, running statistics and the
-arguments that shaped the model. A bare `model.state_dict()` (the authors'
-format) is accepted too. Loading never unpickles code (weights_only=True).
+arguments that shaped the model. A bare state dict is accepted too, ours or the
+authors' (`check_compatible` converts theirs through symvae.convert). Loading
+never unpickles code (weights_only=True).
 """
 from __future__ import annotations
 
