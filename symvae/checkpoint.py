@@ -2,8 +2,9 @@
 
 A full checkpoint is a dict (format CHECKPOINT_FORMAT) holding the model, the
 optimisers, the iteration count, RNG states, running statistics and the
-arguments that shaped the model. A bare `model.state_dict()` (the authors'
-format) is accepted too. Loading never unpickles code (weights_only=True).
+arguments that shaped the model. A bare state dict is accepted too, ours or the
+authors' (`check_compatible` converts theirs through symvae.convert). Loading
+never unpickles code (weights_only=True).
 """
 from __future__ import annotations
 
@@ -118,8 +119,14 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
 
 def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
                      nz0: int, nz1: int) -> None:
-    """Refuse a checkpoint of another experiment or of other sizes, saying what it has."""
-    if ckpt.get("format"):
+    """Refuse a checkpoint of another experiment or of other sizes, saying what it has.
+
+    A bare state dict is first brought to our names (an authors' one is converted).
+    """
+    if not ckpt.get("format"):
+        from symvae.convert import adopt_bare  # symvae.convert builds on this module
+        adopt_bare(ckpt, path, experiment)
+    else:
         if ckpt.get("experiment") != experiment:
             raise CheckpointError(
                 f"{path}: a {ckpt.get('experiment')} checkpoint, but this folder is "

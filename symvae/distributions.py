@@ -6,14 +6,13 @@ sample, so that callers decide how to average over the batch.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 # Probabilities are mixed with this much of the uniform 1/2 before logs (SPEC §4, §5).
 MIX = 1e-6
+HALF_LOG_2PI = 0.91894  # the authors' rounded 0.5*log(2*pi), kept so the figures agree
 
 
 def bernoulli_nll(logits: Tensor, value: Tensor) -> Tensor:
@@ -23,9 +22,13 @@ def bernoulli_nll(logits: Tensor, value: Tensor) -> Tensor:
 
 
 def gaussian_nll(mean: Tensor, log_sigma: Tensor, value: Tensor) -> Tensor:
-    """-log N(value; mean, sigma^2) with one scalar log sigma, summed per sample -> [B]."""
+    """-log N(value; mean, sigma^2) with one scalar log sigma, summed per sample -> [B].
+
+    Per component 0.91894 + log sigma + (value - mean)^2 / (2 sigma^2), with 0.5*log(2*pi)
+    rounded as in the authors' code (HALF_LOG_2PI).
+    """
     sq = (value - mean).square() * torch.exp(-2.0 * log_sigma)
-    per = 0.5 * math.log(2.0 * math.pi) + log_sigma + 0.5 * sq
+    per = HALF_LOG_2PI + log_sigma + 0.5 * sq
     return per.flatten(1).sum(1)
 
 
@@ -38,21 +41,25 @@ class _ZGR(torch.autograd.Function):
     """Forward: the sample b. Backward: upstream gradient times J = (b(1-p) + (1-b)p)/2."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, logits: Tensor, sample: Tensor | None) -> Tensor:  # type: ignore[override]
         p = torch.sigmoid(logits)
-        b = torch.bernoulli(p)
+        b = torch.bernoulli(p) if sample is None else sample.detach().to(p.dtype)
         ctx.save_for_backward(b, p)
         return b
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         b, p = ctx.saved_tensors
-        return grad * (b * (1 - p) + (1 - b) * p) * 0.5
+        return grad * (b * (1 - p) + (1 - b) * p) * 0.5, None
 
 
-def zgr_sample(logits: Tensor) -> Tensor:
-    """Bernoulli sample with the ZGR gradient estimator for its logits."""
-    return _ZGR.apply(logits)
+def zgr_sample(logits: Tensor, sample: Tensor | None = None) -> Tensor:
+    """Bernoulli sample with the ZGR gradient estimator for its logits.
+
+    `sample` (0./1., the logits' shape) is taken as the drawn value instead of a
+    fresh draw, so a gradient can be checked on fixed samples.
+    """
+    return _ZGR.apply(logits, sample)
 
 
 def mixed_prob(logits: Tensor) -> Tensor:

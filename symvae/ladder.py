@@ -55,12 +55,13 @@ class LadderHVAE(HVAE):
         n0, n1 = self.nll_q_terms(z, x)
         return (n0 + n1).mean(), {"qloss0": n0.mean() / self.nz0, "qloss1": n1.mean() / self.nz1}
 
-    def elbo_loss(self, x: Tensor) -> tuple[Tensor, Logs, Logs]:
+    def elbo_loss(self, x: Tensor, latents: Latents | None = None) -> tuple[Tensor, Logs, Logs]:
+        fixed = latents or (None, None)
         a0, a1 = self.scores(x)
-        z0 = zgr_sample(a0)
+        z0 = zgr_sample(a0, fixed[0])
         prior1 = self.p_z1(z0)
         l1 = prior1 + a1
-        z1 = zgr_sample(l1)
+        z1 = zgr_sample(l1, fixed[1])
         data = self.pixels.nll(self.p_x(z1), x)
         kl0 = bernoulli_kl(a0, a0.new_zeros(())).sum(1)
         kl1 = bernoulli_kl(l1, prior1).sum(1)

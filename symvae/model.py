@@ -107,8 +107,11 @@ class HVAE(nn.Module):
         """q-step loss: mean over the batch of -log q(z|x); touches q's parameters only."""
         raise NotImplementedError
 
-    def elbo_loss(self, x: Tensor) -> tuple[Tensor, Logs, Logs]:
-        """Negative ELBO averaged over the batch, its log terms, and logits for statistics."""
+    def elbo_loss(self, x: Tensor, latents: Latents | None = None) -> tuple[Tensor, Logs, Logs]:
+        """Negative ELBO averaged over the batch, its log terms, and logits for statistics.
+
+        `latents` = (z0, z1) fixes the ZGR samples instead of drawing them (for checks).
+        """
         raise NotImplementedError
 
     def _device(self) -> torch.device:

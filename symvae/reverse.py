@@ -5,8 +5,6 @@ linear head gives the logits of q(z1|x); a SkipMLP gives those of q(z0|z1).
 """
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 from symvae.distributions import bernoulli_nll, sample_bernoulli, zgr_sample
@@ -14,6 +12,7 @@ from symvae.model import HVAE, Latents, Logs
 from symvae.nets import SkipMLP, image_trunk
 
 Q_Z0_HIDDEN = 3  # hidden layers of the q(z0|z1) network (SPEC §2)
+LOG_2 = 0.6931  # the authors' rounded log 2 in the ELBO's -log p(z0); kept for equal figures
 
 
 class ReverseHVAE(HVAE):
@@ -55,19 +54,21 @@ class ReverseHVAE(HVAE):
         return nll, {"qloss": nll / (self.nz0 + self.nz1)}
 
     def single_sample_kl(self, z: Latents, l0: Tensor, l1: Tensor) -> Tensor:
-        """log q(z1|x) + log q(z0|z1) + nz0*log 2 - log p(z1|z0) per sample, at the sample z.
+        """log q(z1|x) + log q(z0|z1) + nz0*0.6931 - log p(z1|z0) per sample, at the sample z.
 
-        l0, l1 are the logits of q(z0|z1) and q(z1|x); log p(z0) = -nz0*log 2.
+        l0, l1 are the logits of q(z0|z1) and q(z1|x); log p(z0) = -nz0*log 2, with log 2
+        rounded to 0.6931 as in the authors' code (LOG_2).
         """
         z0, z1 = z
         log_q = -bernoulli_nll(l1, z1) - bernoulli_nll(l0, z0)
-        return log_q + self.nz0 * math.log(2.0) + bernoulli_nll(self.p_z1(z0), z1)
+        return log_q + self.nz0 * LOG_2 + bernoulli_nll(self.p_z1(z0), z1)
 
-    def elbo_loss(self, x: Tensor) -> tuple[Tensor, Logs, Logs]:
+    def elbo_loss(self, x: Tensor, latents: Latents | None = None) -> tuple[Tensor, Logs, Logs]:
+        fixed = latents or (None, None)
         l1 = self.q_z1_logits(x)
-        z1 = zgr_sample(l1)
+        z1 = zgr_sample(l1, fixed[1])
         l0 = self.q_z0(z1)
-        z0 = zgr_sample(l0)
+        z0 = zgr_sample(l0, fixed[0])
         data = self.pixels.nll(self.p_x(z1), x)
         kl = self.single_sample_kl((z0, z1), l0, l1)
         logs = {"dloss": self.per_pixel(data), "klloss": kl.mean() / (self.nz0 + self.nz1)}

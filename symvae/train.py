@@ -94,7 +94,10 @@ class Trainer:
         """Load a checkpoint; returns the '#' log line that says what was restored."""
         self.model.load_state_dict(ckpt["model"])
         if ckpt.get("format") is None:
-            return f"# started from bare weights {source}; optimisers and count start fresh"
+            self._restore_mi(ckpt)
+            what = "the authors' weights (converted)" if ckpt.get("authors") else "bare weights"
+            carried = "; MI statistics carried over" if ckpt.get("mi") else ""
+            return f"# started from {what} {source}{carried}; optimisers and count start fresh"
         if ckpt.get("method") != self.method:
             return (f"# started from {source} ({ckpt.get('method')} checkpoint, count "
                     f"{ckpt['count']}); optimisers and count start fresh for {self.method}")
@@ -105,9 +108,7 @@ class Trainer:
         self.count, self.elapsed = int(ckpt["count"]), float(ckpt.get("elapsed", 0.0))
         # the statistics continue on the training device, wherever the file was written
         self.means.load_state_dict(ckpt_io.to_device(ckpt["means"], self.device))
-        for group, tracker in self.mi.items():
-            if group in ckpt.get("mi", {}):
-                tracker.load_state_dict(ckpt_io.to_device(ckpt["mi"][group], self.device))
+        self._restore_mi(ckpt)
         self.data.load_state_dict(ckpt["sampler"])
         self.chain = ckpt.get("chain")
         ckpt_io.set_rng_state(ckpt["rng"])
@@ -115,6 +116,12 @@ class Trainer:
         change = f"; --stepsize {old:g} -> {self.args.stepsize:g}" \
             if old != self.args.stepsize else ""
         return f"# resumed from {source} at count {self.count}{change}"
+
+    def _restore_mi(self, ckpt: dict) -> None:
+        """The file's MI statistics, on the training device, for the groups it has."""
+        for group, tracker in self.mi.items():
+            if group in ckpt.get("mi", {}):
+                tracker.load_state_dict(ckpt_io.to_device(ckpt["mi"][group], self.device))
 
     # --- outputs --------------------------------------------------------------
     def log(self, line: str) -> None:

@@ -1,0 +1,90 @@
+"""Write tests/golden: what the authors' code computes on fixed weights and inputs.
+
+    python scripts/make_golden.py --ref DIR [--out tests/golden] [--commit HASH]
+
+DIR is a checkout of the authors' repository (github dschles70/symvae-aistats2024). For each
+experiment, their HVAE is built after torch.manual_seed(SEED) (Fashion's log sigma then set to
+symvae.authors.LOG_SIGMA); EXPERIMENT.json holds the
+sizes, the authors' commit and checksums of every weight tensor (our names), EXPERIMENT.npz
+the fixed inputs ("input::NAME") and every quantity of symvae.crosscheck ("GROUP::NAME"),
+computed in float64 so that float32 rounding (large where terms cancel) does not blur them.
+tests/test_golden.py builds our models from the same seed and compares, without DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from symvae.authors import LOG_SIGMA, figures_of_authors, import_authors, seeded_authors_model
+from symvae.convert import from_authors
+from symvae.crosscheck import make_inputs
+from symvae.experiment import EXPERIMENTS
+
+SEED, NZ0, NZ1, BATCH = 0, 6, 10, 8
+SEP = "::"
+
+
+def checksums(state: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Per tensor: sum, sum of |w|, sum of squares and the first three entries (float64)."""
+    out = {}
+    for name, t in state.items():
+        flat = t.detach().double().flatten()
+        out[name] = {"sum": flat.sum().item(), "abs": flat.abs().sum().item(),
+                     "sumsq": flat.square().sum().item(), "first": flat[:3].tolist()}
+    return out
+
+
+def authors_commit(ref: Path, given: str | None) -> str:
+    if given:
+        return given
+    proc = subprocess.run(["git", "-C", str(ref), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def write(ref: Path, out: Path, experiment: str, commit: str) -> None:
+    hvae, elbo = import_authors(ref, experiment)
+    model = seeded_authors_model(hvae, experiment, NZ0, NZ1, SEED)
+    weights, _ = from_authors(model.state_dict(), experiment)  # float32, as created
+    state = model.double().state_dict()  # computed in float64: only the formulas differ
+    inputs = make_inputs(experiment, NZ0, NZ1, BATCH, SEED)
+    figures = figures_of_authors(hvae, elbo, experiment, state, inputs)
+    arrays = {f"input{SEP}{k}": v.numpy() for k, v in inputs.items()}
+    arrays.update({f"{group}{SEP}{name}": v.detach().numpy()
+                   for group, values in figures.items() for name, v in values.items()})
+    np.savez_compressed(out / f"{experiment}.npz", **arrays)
+    meta = {"experiment": experiment, "seed": SEED, "nz0": NZ0, "nz1": NZ1, "bs": BATCH,
+            "log_sigma": LOG_SIGMA if experiment.startswith("fmnist") else None,
+            "authors_commit": commit, "torch": torch.__version__,
+            "checksums": checksums(weights)}
+    (out / f"{experiment}.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ref", type=Path, required=True, help="checkout of the authors' repository")
+    p.add_argument("--out", type=Path, default=Path("tests/golden"))
+    p.add_argument("--commit", default=None, help="the authors' commit (default: git of --ref)")
+    args = p.parse_args()
+    if not all((args.ref / e / "hvae.py").is_file() for e in EXPERIMENTS):
+        print(f"error: {args.ref}: not a checkout of the authors' repository (no "
+              "EXPERIMENT/hvae.py); pass --ref DIR", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    commit = authors_commit(args.ref, args.commit)
+    for experiment in EXPERIMENTS:
+        write(args.ref, args.out, experiment, commit)
+        print(f"wrote {args.out / experiment}.npz and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
