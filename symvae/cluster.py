@@ -15,7 +15,7 @@ import submitit
 
 from symvae import checkpoint as ckpt_io
 from symvae.grid import Row
-from symvae.stages import Options, run_row
+from symvae.stages import Options, StageFailed, run_row
 
 JOBS_FILE = "jobs.json"  # row name -> job id of its latest submission
 
@@ -23,12 +23,20 @@ JOBS_FILE = "jobs.json"  # row name -> job id of its latest submission
 class RowJob(submitit.helpers.Checkpointable):
     """One row of the tables as a job; the result is the row's state (row.json)."""
 
+    requeued = False
+
     def __call__(self, row: Row, opts: Options) -> dict:
-        return run_row(row, opts)
+        try:
+            return run_row(row, opts)
+        except StageFailed as err:
+            if self.requeued:  # submitit's requeue exit, raised inside a stage: let it through
+                raise SystemExit(err.code) from None
+            raise
 
     def checkpoint(self, row: Row, opts: Options) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on timeout or preemption: requeue the same row; being resumable,
-        it picks up where the stages and the training checkpoint left it."""
+        """Called by submitit on timeout or preemption, just before it requeues the job and
+        exits: the requeued job runs the same row, which continues where it stopped."""
+        self.requeued = True
         return submitit.helpers.DelayedSubmission(RowJob(), row, opts)
 
 
@@ -37,8 +45,9 @@ def make_executor(kind: str, folder: Path, name: str, timeout_min: int,
                   partition: str | None = None,
                   array_parallelism: int | None = None) -> submitit.AutoExecutor:
     """submitit's executor for `kind` ('slurm' or 'submitit-local'), job files under FOLDER."""
-    if kind == "slurm" and shutil.which("sbatch") is None:
-        raise FileNotFoundError("sbatch")
+    missing = [c for c in ("sbatch", "srun") if kind == "slurm" and shutil.which(c) is None]
+    if missing:
+        raise FileNotFoundError(missing[0])
     cluster = "slurm" if kind == "slurm" else "local"
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     params: dict = {"name": name, "timeout_min": timeout_min, "gpus_per_node": gpus_per_node,

@@ -189,7 +189,7 @@ def run_local(rows: list[Row], opts: Options, finish) -> int:
 
 def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finish) -> int:
     """Rows as a submitit job array; waits for them unless on SLURM without --wait."""
-    from submitit.core.utils import FailedJobException, UncompletedJobError
+    from submitit.core.utils import UncompletedJobError
 
     from symvae import cluster
     slurm = args.executor == "slurm"
@@ -212,8 +212,8 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
             gpus_per_node=args.gpus_per_node if args.gpus_per_node is not None else int(slurm),
             cpus_per_task=args.cpus_per_task, partition=args.partition,
             array_parallelism=args.array_parallelism)
-    except FileNotFoundError:
-        fail("--executor slurm: no `sbatch` on this machine; submit from a SLURM login node, "
+    except FileNotFoundError as err:
+        fail(f"--executor slurm: no `{err}` on this machine; submit from a SLURM login node, "
              "or use --executor local")
     jobs = cluster.submit(executor, todo, opts, folder)
     for r, j in zip(todo, jobs, strict=True):
@@ -226,7 +226,7 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
     for r, j in zip(todo, jobs, strict=True):
         try:
             j.result()
-        except (FailedJobException, UncompletedJobError) as err:
+        except UncompletedJobError as err:
             failed.append(f"{r.name} (job {j.job_id}): {str(err).strip().splitlines()[-1]}")
     finish()
     if failed:

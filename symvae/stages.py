@@ -121,14 +121,12 @@ def inside(folder: Path) -> Iterator[None]:
 
 
 def call(row: Row, stage: str, command: Callable[[], int | None]) -> None:
-    """Run an entry point; its one-line user errors (exit codes > 0) become StageFailed.
-    Other exits (e.g. a cluster scheduler's requeue) pass through untouched."""
+    """Run an entry point; an exit with a non-zero code (its one-line user errors, or a
+    signal's exit) becomes StageFailed, so the grid can record what finished and say why."""
     try:
         code = command()
     except SystemExit as err:
-        code = err.code
-        if not (isinstance(code, int) and code > 0):
-            raise
+        code = err.code if isinstance(err.code, int) else 1
     if code:
         raise StageFailed(row, stage, code)
 
