@@ -76,7 +76,7 @@ PRESETS = {p.name: p for p in (
                    save_period=500)),
     # About 8 minutes for mnist-ladder's two rows on one H100 by the assumed GPU rates below.
     Preset("gpu", "mnist-ladder in about 8 minutes on one H100", ("mnist-ladder",),
-           replace(README, niterations=15_000, n=10_000)),
+           replace(README, niterations=15_000, n=10_000, feature_bs=500)),
     # The 64 features of Inception's first block: a FID of 2048 features costs two matrix
     # square roots of 2048 x 2048 (about 20 s each on the 2-core CPU), whatever the image count.
     Preset("smoke", "seconds per row, for the tests", EXPERIMENTS,
@@ -130,7 +130,8 @@ CPU_STEP = {
     ("mnist-reverse", "sym"): (0.186, 2.56), ("mnist-reverse", "elbo"): (0.136, 1.92),
     ("fmnist-ladder", "sym"): (0.222, 3.01), ("fmnist-ladder", "elbo"): (0.165, 2.21),
 }
-# CPU rates of the FID stage (README "FID scores"): Inception images/s, limiting-chain image-steps/s.
+# CPU rates of the FID stage (README "FID scores"): Inception images/s, and image-steps/s
+# of the limiting chains.
 CPU_INCEPTION, CPU_CHAIN = 5.0, 400.0
 # GPU: ASSUMED, not measured (no GPU has timed this code yet): 10 ms per symmetric iteration
 # and 8 ms per ELBO iteration at batch 1024 on an H100 (the benchmark's target), Inception

@@ -77,11 +77,10 @@ def _fmt(value: tuple[float, float | None] | None, spec: str = ".4f") -> str:
     return f"{mean:{spec}}" + (f" ± {sd:{spec}}" if sd is not None else "")
 
 
-def _duration(value: tuple[float, float | None] | None) -> str:
-    if value is None:
-        return "–"
-    s = value[0]
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+def duration(seconds: float) -> str:
+    """Seconds in the unit a reader wants: s, min or h."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" \
+        if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def markdown(preset: str, lines: list[dict], command: str) -> str:
@@ -104,8 +103,10 @@ def markdown(preset: str, lines: list[dict], command: str) -> str:
             f"| {ln['experiment']} | {METHOD_NAMES[ln['method']]} | {seeds} "
             f"| {_fmt(ln['random_code_fid'])} | {sf['random_code_fid']:.4f} "
             f"| {_fmt(ln['limiting_fid'])} | {sf['limiting_fid']:.4f} "
-            f"| {_fmt(ln['qmi0'], '.2g')} | {_fmt(ln['qmi1'], '.2g')} | {', '.join(ln['iterations'])} "
-            f"| {_duration(ln['wall_seconds'])} | {', '.join(ln['device'])} "
+            f"| {_fmt(ln['qmi0'], '.2g')} | {_fmt(ln['qmi1'], '.2g')} "
+            f"| {', '.join(ln['iterations'])} "
+            f"| {duration(ln['wall_seconds'][0]) if ln['wall_seconds'] else '–'} "
+            f"| {', '.join(ln['device'])} "
             f"| {', '.join(ln['commit'])} |")
     dims = sorted({r["sizes"]["fid_dims"] for ln in lines for r in ln["runs"]} - {2048})
     if dims:

@@ -32,7 +32,7 @@ from symvae.grid import (
     build_rows,
     estimate_seconds,
 )
-from symvae.report import write_table
+from symvae.report import duration, write_table
 from symvae.stages import (
     STAGES,
     Interrupted,
@@ -129,11 +129,6 @@ def _unique(values: list) -> list:
     return list(dict.fromkeys(values))
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" \
-        if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
 def dry_run(rows: list[Row], opts: Options, gpu: bool) -> None:
     """Print each row's folder and commands, and the estimated time of what is not done."""
     estimate = estimate_seconds(rows, gpu)
@@ -154,10 +149,16 @@ def dry_run(rows: list[Row], opts: Options, gpu: bool) -> None:
             redo = redo or not skip
             seconds = 0.0 if skip else estimate[row.name][stage]
             total[stage] += seconds
-            note = "done, skipped" if skip else f"~{_minutes(seconds)}"
+            note = "done, skipped" if skip else f"~{duration(seconds)}"
             print(f"  {stage:<9}{command_line(row, stage, opts)}   [{note}]")
-    parts = ", ".join(f"{s} {_minutes(v)}" for s, v in total.items())
-    print(f"\nestimated total: {_minutes(sum(total.values()))} ({parts})")
+    parts = ", ".join(f"{s} {duration(v)}" for s, v in total.items())
+    print(f"\nestimated total: {duration(sum(total.values()))} ({parts})")
+
+
+def stopped(why: str, code: int) -> int:
+    print(f"\n{why}. Run the same command again to finish; finished stages are kept.",
+          file=sys.stderr)
+    return code
 
 
 def run_local(rows: list[Row], opts: Options, finish) -> int:
@@ -172,15 +173,14 @@ def run_local(rows: list[Row], opts: Options, finish) -> int:
             finish(quiet=True)
     except StageFailed as err:
         finish(quiet=True)
-        code = err.code if err.code in SIGNAL_EXIT.values() else 1
+        if err.code in SIGNAL_EXIT.values():  # the stage itself was stopped by a signal
+            return stopped(str(err), err.code)
         fail(f"{err}; fix what its message says and run the same command again (finished "
-             "stages are kept)", code=code)
+             "stages are kept)", code=1)
     except (Interrupted, KeyboardInterrupt, Stopped) as err:
         finish(quiet=True)
-        why = str(err) or f"stopped during {current.name}"
-        print(f"\n{why}. Run the same command again to finish; finished stages are kept.",
-              file=sys.stderr)
-        return SIGNAL_EXIT["SIGTERM" if isinstance(err, Stopped) else "SIGINT"]
+        return stopped(str(err) or f"stopped during {current.name}",
+                       SIGNAL_EXIT["SIGTERM" if isinstance(err, Stopped) else "SIGINT"])
     finally:
         signal.signal(signal.SIGTERM, previous)
     finish()
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"cannot write the table in {opts.out} ({err.strerror}); fix it and run "
                  "again with --table_only")
         if not quiet:
-            print(f"table: {paths[0]} (and .json, .png); {_minutes(time.time() - began)}")
+            print(f"table: {paths[0]} (and .json, .png); {duration(time.time() - began)}")
     try:
         if args.table_only:
             finish()

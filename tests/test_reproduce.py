@@ -295,7 +295,11 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(
     while log_count(log) < 20 and not job.done() and time.time() < deadline:
         time.sleep(0.05)
     assert log_count(log) < 60, "the row finished before it could be preempted"
-    job._interrupt()  # submitit's own preemption signal (USR2), as SLURM would send it
+    # SLURM's preemption notice (USR2, as submitit's sbatch --signal asks) to the job's task,
+    # the child of submitit's local controller process
+    pid = job._process.pid
+    (task,) = map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    os.kill(task, signal.SIGUSR2)
     state = job.result()
     assert state["stages"]["train"]["resumed_from"] >= 10
     assert state["stages"]["train"]["iterations"] == 60 and set(state["stages"]) == set(STAGES)
