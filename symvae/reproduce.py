@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from symvae.cli import fail
@@ -44,7 +45,7 @@ from symvae.stages import (
     read_state,
     row_folder,
     run_row,
-    stage_key,
+    stages_to_run,
 )
 
 EXECUTORS = ("local", "submitit-local", "slurm")
@@ -143,10 +144,9 @@ def dry_run(rows: list[Row], opts: Options, gpu: bool) -> None:
         except RowStateError:
             done = {}
         print(f"\n{row.name}: in {folder} (links {row.experiment}/*.py)")
-        redo = False
+        todo = stages_to_run(done, row, opts)
         for stage in STAGES:
-            skip = not redo and done.get(stage, {}).get("key") == stage_key(row, stage, opts)
-            redo = redo or not skip
+            skip = stage not in todo
             seconds = 0.0 if skip else estimate[row.name][stage]
             total[stage] += seconds
             note = "done, skipped" if skip else f"~{duration(seconds)}"
@@ -194,6 +194,7 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
     from symvae import cluster
     slurm = args.executor == "slurm"
     folder = opts.out / "submitit"
+    opts = replace(opts, progress=False)  # job logs are files, not terminals
     todo = [r for r in rows if not is_done(r, opts)]
     if slurm and not args.resubmit:
         jobs = cluster.read_jobs(folder)
@@ -242,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         tuple(EXPERIMENTS) if "all" in args.experiments else tuple(_unique(args.experiments))
     rows = build_rows(args.preset, experiments, tuple(_unique(args.methods)),
                       tuple(_unique(args.seeds)), overrides)
-    opts = Options(out=Path(args.out).resolve() / args.preset, data_root=args.data_root,
+    # absolute: each stage runs inside its row's folder
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else None
+    opts = Options(out=Path(args.out).resolve() / args.preset, data_root=data_root,
                    device=args.device, progress=not args.no_progress)
     preset = PRESETS[args.preset]
     print(f"preset {preset.name}: {preset.about}; {len(rows)} rows")

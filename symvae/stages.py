@@ -246,7 +246,10 @@ def stats_data_root(opts: Options, dims: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("MNIST", "FashionMNIST"):
         if (real / sub).is_dir() and not (root / sub).is_symlink():
-            (root / sub).symlink_to((real / sub).resolve())
+            try:
+                (root / sub).symlink_to((real / sub).resolve())
+            except FileExistsError:  # made by a row running beside this one
+                pass
     return root
 
 
@@ -270,27 +273,32 @@ def run_fid(row: Row, folder: Path, argv: list[str], opts: Options) -> dict:
 RUNNERS = {"train": run_train, "generate": run_generate, "fid": run_fid}
 
 
+def stages_to_run(records: dict, row: Row, opts: Options) -> list[str]:
+    """The stages to (re)do: from the first without a record of its current flags, on."""
+    for i, stage in enumerate(STAGES):
+        if records.get(stage, {}).get("key") != stage_key(row, stage, opts):
+            return list(STAGES[i:])
+    return []
+
+
 def run_row(row: Row, opts: Options, say: Callable[[str], None] = print) -> dict:
     """Run the row's missing stages in order; returns its state (row.json's content)."""
     folder = row_folder(opts, row)
     link_experiment(folder, row.experiment)
     state = read_state(folder, row)
-    redo = False
+    todo = stages_to_run(state["stages"], row, opts)
     for stage in STAGES:
-        argv, key = stage_argv(row, stage, opts), stage_key(row, stage, opts)
-        record = state["stages"].get(stage)
-        if not redo and record is not None and record.get("key") == key:
+        if stage not in todo:
             say(f"{row.name}: {stage} done")
             continue
-        redo = True  # every later stage depends on this one's outputs
-        for later in STAGES[STAGES.index(stage):]:
+        for later in todo[todo.index(stage):]:  # each depends on this one's outputs
             state["stages"].pop(later, None)
         write_state(folder, state)
         say(f"{row.name}: {stage}: {command_line(row, stage, opts)}")
         began = time.time()
-        result = RUNNERS[stage](row, folder, argv, opts)
+        result = RUNNERS[stage](row, folder, stage_argv(row, stage, opts), opts)
         state["stages"][stage] = {
-            "key": key, "seconds": round(time.time() - began, 3),
+            "key": stage_key(row, stage, opts), "seconds": round(time.time() - began, 3),
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), **result}
         write_state(folder, state)
     return state
@@ -298,9 +306,7 @@ def run_row(row: Row, opts: Options, say: Callable[[str], None] = print) -> dict
 
 def is_done(row: Row, opts: Options) -> bool:
     """Whether every stage of the row has a record made with its current flags."""
-    folder = row_folder(opts, row)
     try:
-        stages = read_state(folder, row)["stages"]
+        return not stages_to_run(read_state(row_folder(opts, row), row)["stages"], row, opts)
     except RowStateError:
         return False
-    return all(stages.get(s, {}).get("key") == stage_key(row, s, opts) for s in STAGES)

@@ -225,6 +225,9 @@ def test_smoke_grid_locally_then_a_second_run_redoes_nothing(data_root: Path, tm
     said = capsys.readouterr().out
     assert said.count(" done\n") == 18 and ": train:" not in said
     assert snapshot(out / "smoke") == before
+    assert run_main(*smoke_flags(data_root, out, "--dry-run")) == 0
+    said = capsys.readouterr().out
+    assert said.count("[done, skipped]") == 18 and "estimated total: 0 s" in said
     # a changed FID size redoes that stage only
     assert run_main(*smoke_flags(data_root, out, "--experiments", "mnist-ladder",
                                  "--methods", "sym", "--n", "12")) == 0
@@ -304,4 +307,4 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(
     assert state["stages"]["train"]["resumed_from"] >= 10
     assert state["stages"]["train"]["iterations"] == 60 and set(state["stages"]) == set(STAGES)
     assert "# resumed from" in log.read_text()
-    assert "Requeued job" in "".join(p.read_text() for p in folder.glob("*_log.err"))
+    assert "Requeued job" in "".join(p.read_text() for p in folder.glob("*_log.*"))
