@@ -1,11 +1,11 @@
-# Two entry points: `make demo` and `make test`. Both set up a virtual environment in .venv
-# (requirements pinned in requirements.txt), install symvae, and fetch the data once.
+# Entry points: `make demo`, `make test` and `make reproduce`. Each sets up a virtual environment
+# in .venv (requirements pinned in requirements.txt), installs symvae, and fetches the data once.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 DEMO := --call_prefix demo --nz0 30 --nz1 100 --device cpu
 
-.PHONY: setup demo test
+.PHONY: setup demo test reproduce
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,9 @@ demo: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -ra
+
+# The seed's FID tables (README "Reproduce the tables"): PRESET=readme|paper|quick|gpu|smoke,
+# more flags in ARGS, e.g. `make reproduce PRESET=quick ARGS=--dry-run`.
+PRESET ?= readme
+reproduce: setup
+	$(PY) -m symvae.reproduce --preset $(PRESET) $(ARGS)

@@ -1,0 +1,162 @@
+"""results/PRESET/table.md, table.json and table.png: our FIDs beside the seed's, per row.
+
+One line per experiment x method: our random-code and limiting FIDs (mean ± sd over the seeds
+that finished), the seed's figures, the final qmi0/qmi1 (is the latent code in use at all),
+iterations, wall time per seed, device and commit.
+"""
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from symvae import checkpoint as ckpt_io
+from symvae.grid import METHOD_NAMES, SEED_SETTINGS, Row
+from symvae.stages import STAGES, Options, RowStateError, is_done, read_state, row_folder
+
+FIDS = ("random_code_fid", "limiting_fid")
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None] | None:
+    """(mean, sample sd) of the values; sd is None for a single value, all None for none."""
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def run_result(row: Row, opts: Options) -> dict:
+    """What one seed's row has produced so far."""
+    try:
+        stages = read_state(row_folder(opts, row), row)["stages"]
+    except RowStateError:
+        stages = {}
+    train, fid = stages.get("train", {}), stages.get("fid", {})
+    pending = next((s for s in STAGES if s not in stages), None)
+    done = is_done(row, opts)
+    wall = sum(v for v in (train.get("train_seconds"), stages.get("generate", {}).get("seconds"),
+                           fid.get("seconds")) if v is not None)
+    return {"seed": row.seed, "done": done, "pending": None if done else pending or "rerun",
+            **{k: fid.get(k) if done else None for k in FIDS},
+            "qmi0": train.get("qmi0"), "qmi1": train.get("qmi1"),
+            "iterations": train.get("iterations"), "wall_seconds": round(wall, 1) if done else None,
+            "device": train.get("device"), "commit": train.get("commit"),
+            "sizes": asdict(row.sizes)}
+
+
+def summarize(rows: list[Row], opts: Options) -> list[dict]:
+    """Table lines, one per experiment x method (in the order of `rows`), over its seeds."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.experiment, row.method), []).append(row)
+    lines = []
+    for (experiment, method), group in groups.items():
+        runs = [run_result(r, opts) for r in group]
+        done = [r for r in runs if r["done"]]
+        line = {"experiment": experiment, "method": method, "seeds": [r.seed for r in group],
+                "seeds_done": [r["seed"] for r in done]}
+        for k in FIDS:
+            line[k] = mean_sd([r[k] for r in done])
+        line["seed_figures"] = dict(zip(FIDS, group[0].seed_figures, strict=True))
+        for k in ("qmi0", "qmi1", "wall_seconds"):
+            line[k] = mean_sd([r[k] for r in done if r[k] is not None])
+        for k in ("iterations", "device", "commit"):
+            line[k] = sorted({str(r[k]) for r in done})
+        line["pending"] = sorted({r["pending"] for r in runs if not r["done"]})
+        line["runs"] = runs
+        lines.append(line)
+    return lines
+
+
+def _fmt(value: tuple[float, float | None] | None, spec: str = ".4f") -> str:
+    if value is None:
+        return "–"
+    mean, sd = value
+    return f"{mean:{spec}}" + (f" ± {sd:{spec}}" if sd is not None else "")
+
+
+def duration(seconds: float) -> str:
+    """Seconds in the unit a reader wants: s, min or h."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" \
+        if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def markdown(preset: str, lines: list[dict], command: str) -> str:
+    head = [f"# FID tables, preset `{preset}`", "",
+            f"Command: `{command}`", "",
+            (f"Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
+             f"The seed's figures come from {SEED_SETTINGS}; ours from the sizes below. "
+             "Ours is mean ± sd over the seeds that finished; wall time is per seed "
+             "(training, sample grids and both FIDs). FID: lower is better."), "",
+            ("| experiment | method | seeds | random code FID | seed's | limiting FID | seed's "
+             "| qmi0 | qmi1 | iterations | wall time | device | commit |"),
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    body = []
+    for ln in lines:
+        seeds = f"{len(ln['seeds_done'])}/{len(ln['seeds'])}"
+        if ln["pending"]:
+            seeds += f" (pending: {', '.join(ln['pending'])})"
+        sf = ln["seed_figures"]
+        body.append(
+            f"| {ln['experiment']} | {METHOD_NAMES[ln['method']]} | {seeds} "
+            f"| {_fmt(ln['random_code_fid'])} | {sf['random_code_fid']:.4f} "
+            f"| {_fmt(ln['limiting_fid'])} | {sf['limiting_fid']:.4f} "
+            f"| {_fmt(ln['qmi0'], '.2g')} | {_fmt(ln['qmi1'], '.2g')} "
+            f"| {', '.join(ln['iterations'])} "
+            f"| {duration(ln['wall_seconds'][0]) if ln['wall_seconds'] else '–'} "
+            f"| {', '.join(ln['device'])} "
+            f"| {', '.join(ln['commit'])} |")
+    dims = sorted({r["sizes"]["fid_dims"] for ln in lines for r in ln["runs"]} - {2048})
+    if dims:
+        head.insert(4, f"**FIDs here use the {', '.join(map(str, dims))} features of an early "
+                       "Inception block, not the 2048 pool3 features of the seed's figures: "
+                       "they are not comparable with them.**\n")
+    sizes = sorted({json.dumps(r["sizes"]) for ln in lines for r in ln["runs"]})
+    tail = ["", "Sizes: " + "; ".join(
+        ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                  for k, v in json.loads(s).items()) for s in sizes)]
+    return "\n".join(head + body + tail) + "\n"
+
+
+def figure_png(preset: str, lines: list[dict]) -> bytes:
+    """Two panels (random code, limiting): ours (points, ± sd) and the seed's per row."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9, 1.2 + 0.45 * len(lines)), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    labels = [f"{ln['experiment']} {METHOD_NAMES[ln['method']]}" for ln in lines]
+    ys = list(range(len(lines)))[::-1]
+    for ax, key, title in zip(axes, FIDS, ("random code FID", "limiting FID"), strict=True):
+        ax.scatter([ln["seed_figures"][key] for ln in lines], ys, marker="D",
+                   facecolors="none", edgecolors="tab:gray", label="seed's figure", zorder=3)
+        for y, ln in zip(ys, lines, strict=True):
+            if ln[key] is not None:
+                mean, sd = ln[key]
+                ax.errorbar([mean], [y], xerr=[[sd or 0], [sd or 0]], fmt="o",
+                            color="tab:blue" if ln["method"] == "sym" else "tab:orange",
+                            capsize=3, zorder=4)
+        ax.set_xscale("log")
+        ax.set_title(title)
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    axes[0].set_yticks(ys, labels)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.suptitle(f"preset {preset}: ours (dots; blue symmetric, orange ELBO) vs the seed's")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def write_table(out: Path, preset: str, rows: list[Row], opts: Options,
+                command: str) -> list[Path]:
+    """Write table.md, table.json and table.png under OUT; returns their paths."""
+    lines = summarize(rows, opts)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"table.md": markdown(preset, lines, command).encode(),
+             "table.json": (json.dumps({"preset": preset, "command": command,
+                                        "seed_settings": SEED_SETTINGS, "rows": lines},
+                                       indent=1) + "\n").encode(),
+             "table.png": figure_png(preset, lines)}
+    for name, data in files.items():
+        ckpt_io.atomic_write(out / name, lambda f, d=data: f.write(d))
+    return [out / name for name in files]

@@ -1,0 +1,281 @@
+"""Reproduce the seed's FID tables in one command: experiments x methods x seeds.
+
+    python -m symvae.reproduce --preset readme                 # the seed's tables, rows in turn
+    python -m symvae.reproduce --preset quick --dry-run        # what it would run, and how long
+    python -m symvae.reproduce --preset paper --executor slurm --partition gpu --timeout_min 720
+
+Each row (symvae.stages) trains, draws sample grids and scores both FIDs in
+results/PRESET/ROW/; finished stages are skipped, so the same command run again finishes what
+is missing and redoes nothing. The table is written to results/PRESET/table.{md,json,png}
+(symvae.report). Executors: `local` runs the rows in turn in this process; `submitit-local`
+and `slurm` hand them to submitit (symvae.cluster) as a job array.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from symvae.cli import fail
+from symvae.data import REPO_ROOT
+from symvae.experiment import EXPERIMENTS
+from symvae.grid import (
+    FID_DIMS,
+    METHODS,
+    PRESETS,
+    SIZE_NAMES,
+    Row,
+    Sizes,
+    build_rows,
+    estimate_seconds,
+)
+from symvae.report import duration, write_table
+from symvae.stages import (
+    STAGES,
+    Interrupted,
+    Options,
+    RowStateError,
+    StageFailed,
+    command_line,
+    is_done,
+    read_state,
+    row_folder,
+    run_row,
+    stages_to_run,
+)
+
+EXECUTORS = ("local", "submitit-local", "slurm")
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Stopped(Exception):
+    """SIGTERM outside training (training handles it itself: checkpoint, then stop)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m symvae.reproduce",
+        description="Run the seed's FID table rows (train, sample grids, both FIDs) and write "
+                    "results/PRESET/table.{md,json,png}. Run again to finish what is missing.")
+    p.add_argument("--preset", choices=list(PRESETS), default="readme",
+                   help="; ".join(f"{n}: {pr.about}" for n, pr in PRESETS.items()))
+    p.add_argument("--experiments", nargs="+", choices=[*EXPERIMENTS, "all"], default=None,
+                   help="default: the preset's (all three, or mnist-ladder for quick and gpu)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="one row per seed; the table gives mean ± sd over them")
+    sizes = p.add_argument_group("sizes (override the preset's, for every row)")
+    for f in Sizes.__dataclass_fields__.values():
+        sizes.add_argument(f"--{f.name}", type=float if f.type == "float" else int, default=None)
+    p.add_argument("--data_root", default=None, help="as for main_sym.py")
+    p.add_argument("--device", default="auto", help="as for main_sym.py (auto: CUDA if any)")
+    p.add_argument("--out", default=str(REPO_ROOT / "results"),
+                   help="rows and tables go to OUT/PRESET (default results/ in the repository)")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="print each row's commands and the estimated time, run nothing")
+    p.add_argument("--table_only", action="store_true",
+                   help="write the table from what has finished, run nothing")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    ex = p.add_argument_group("executors")
+    ex.add_argument("--executor", choices=EXECUTORS, default="local",
+                    help="local: rows in turn here; submitit-local: submitit subprocesses; "
+                         "slurm: one SLURM array task (one GPU) per row")
+    ex.add_argument("--partition", default=None, help="SLURM partition")
+    ex.add_argument("--timeout_min", type=int, default=None,
+                    help="minutes per job before submitit requeues it from its checkpoint "
+                         "(default 1440 on SLURM, 60 locally)")
+    ex.add_argument("--gpus_per_node", type=int, default=None,
+                    help="GPUs per job (default 1 on SLURM, 0 locally)")
+    ex.add_argument("--cpus_per_task", type=int, default=None, help="SLURM CPUs per job")
+    ex.add_argument("--array_parallelism", type=int, default=None,
+                    help="SLURM: at most this many rows at once")
+    ex.add_argument("--wait", action="store_true",
+                    help="slurm: wait for the jobs, then write the table (else: submit and "
+                         "return; run the same command again later for the table)")
+    ex.add_argument("--resubmit", action="store_true",
+                    help="slurm: submit unfinished rows even if their last job has not ended")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> dict:
+    """Validate the flags; returns the size overrides."""
+    overrides = {k: getattr(args, k) for k in SIZE_NAMES if getattr(args, k) is not None}
+    for k, v in overrides.items():
+        if k == "stepsize":
+            if not 0 < v < 1:
+                fail(f"--stepsize {v}: must be a positive learning rate below 1 (e.g. 1e-4)")
+        elif k == "fid_dims" and v not in FID_DIMS:
+            fail(f"--fid_dims {v}: must be one of {', '.join(map(str, FID_DIMS))} "
+                 "(pytorch-fid's feature blocks; the seed's FIDs use 2048)")
+        elif v < (2 if k == "n" else 1):
+            fail(f"--{k} {v}: must be at least {2 if k == 'n' else 1}")
+    if any(s < 0 for s in args.seeds):
+        fail(f"--seeds {' '.join(map(str, args.seeds))}: seeds must be non-negative integers")
+    cluster_flags = ("partition", "cpus_per_task", "array_parallelism")
+    for flag in cluster_flags + ("wait", "resubmit"):
+        if getattr(args, flag) and args.executor != "slurm":
+            fail(f"--{flag} is for --executor slurm (this run uses --executor {args.executor})")
+    for flag in ("timeout_min", "gpus_per_node", "array_parallelism", "cpus_per_task"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "gpus_per_node" else 1):
+            fail(f"--{flag} {value}: must be a positive number")
+    return overrides
+
+
+def _unique(values: list) -> list:
+    return list(dict.fromkeys(values))
+
+
+def dry_run(rows: list[Row], opts: Options, gpu: bool) -> None:
+    """Print each row's folder and commands, and the estimated time of what is not done."""
+    estimate = estimate_seconds(rows, gpu)
+    basis = ("ASSUMED GPU rates (not yet measured; see symvae/grid.py)" if gpu else
+             "rates measured on a quiet 2-core CPU (README 'Speed' and 'FID scores')")
+    print(f"results: {opts.out}\nestimated from {basis}")
+    total = dict.fromkeys(STAGES, 0.0)
+    for row in rows:
+        folder = row_folder(opts, row)
+        try:
+            done = read_state(folder, row)["stages"]
+        except RowStateError:
+            done = {}
+        print(f"\n{row.name}: in {folder} (links {row.experiment}/*.py)")
+        todo = stages_to_run(done, row, opts)
+        for stage in STAGES:
+            skip = stage not in todo
+            seconds = 0.0 if skip else estimate[row.name][stage]
+            total[stage] += seconds
+            note = "done, skipped" if skip else f"~{duration(seconds)}"
+            print(f"  {stage:<9}{command_line(row, stage, opts)}   [{note}]")
+    parts = ", ".join(f"{s} {duration(v)}" for s, v in total.items())
+    print(f"\nestimated total: {duration(sum(total.values()))} ({parts})")
+
+
+def stopped(why: str, code: int) -> int:
+    print(f"\n{why}. Run the same command again to finish; finished stages are kept.",
+          file=sys.stderr)
+    return code
+
+
+def run_local(rows: list[Row], opts: Options, finish) -> int:
+    """Rows in turn in this process; the table is rewritten after each row."""
+    def on_term(signum, frame):
+        raise Stopped
+    previous = signal.signal(signal.SIGTERM, on_term)
+    current = rows[0]
+    try:
+        for current in rows:
+            run_row(current, opts)
+            finish(quiet=True)
+    except StageFailed as err:
+        finish(quiet=True)
+        if err.code in SIGNAL_EXIT.values():  # the stage itself was stopped by a signal
+            return stopped(str(err), err.code)
+        fail(f"{err}; fix what its message says and run the same command again (finished "
+             "stages are kept)", code=1)
+    except (Interrupted, KeyboardInterrupt, Stopped) as err:
+        finish(quiet=True)
+        return stopped(str(err) or f"stopped during {current.name}",
+                       SIGNAL_EXIT["SIGTERM" if isinstance(err, Stopped) else "SIGINT"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    finish()
+    return 0
+
+
+def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finish) -> int:
+    """Rows as a submitit job array; waits for them unless on SLURM without --wait."""
+    from submitit.core.utils import UncompletedJobError
+
+    from symvae import cluster
+    slurm = args.executor == "slurm"
+    folder = opts.out / "submitit"
+    opts = replace(opts, progress=False)  # job logs are files, not terminals
+    todo = [r for r in rows if not is_done(r, opts)]
+    if slurm and not args.resubmit:
+        jobs = cluster.read_jobs(folder)
+        busy = [r for r in todo if r.name in jobs and cluster.in_flight(folder, jobs[r.name])]
+        for r in busy:
+            print(f"{r.name}: job {jobs[r.name]} has not ended; not resubmitted "
+                  "(--resubmit to force)")
+        todo = [r for r in todo if r not in busy]
+    if not todo:
+        finish()
+        return 0
+    try:
+        executor = cluster.make_executor(
+            args.executor, folder, name=f"symvae-{args.preset}",
+            timeout_min=args.timeout_min or (1440 if slurm else 60),
+            gpus_per_node=args.gpus_per_node if args.gpus_per_node is not None else int(slurm),
+            cpus_per_task=args.cpus_per_task, partition=args.partition,
+            array_parallelism=args.array_parallelism)
+    except FileNotFoundError as err:
+        fail(f"--executor slurm: no `{err}` on this machine; submit from a SLURM login node, "
+             "or use --executor local")
+    jobs = cluster.submit(executor, todo, opts, folder)
+    for r, j in zip(todo, jobs, strict=True):
+        print(f"{r.name}: job {j.job_id} (logs in {folder})")
+    if slurm and not args.wait:
+        print("submitted; run the same command again when the jobs have ended to write the "
+              "table (rows already finished are not resubmitted)")
+        return 0
+    failed = []
+    for r, j in zip(todo, jobs, strict=True):
+        try:
+            j.result()
+        except UncompletedJobError as err:
+            failed.append(f"{r.name} (job {j.job_id}): {str(err).strip().splitlines()[-1]}")
+    finish()
+    if failed:
+        fail("rows failed: " + "; ".join(failed) + f"; see the job logs in {folder} and run "
+             "the same command again", code=1)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides = check_args(args)
+    experiments = None if not args.experiments else \
+        tuple(EXPERIMENTS) if "all" in args.experiments else tuple(_unique(args.experiments))
+    rows = build_rows(args.preset, experiments, tuple(_unique(args.methods)),
+                      tuple(_unique(args.seeds)), overrides)
+    # absolute: each stage runs inside its row's folder
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else None
+    opts = Options(out=Path(args.out).resolve() / args.preset, data_root=data_root,
+                   device=args.device, progress=not args.no_progress)
+    preset = PRESETS[args.preset]
+    print(f"preset {preset.name}: {preset.about}; {len(rows)} rows")
+    if args.dry_run:
+        import torch
+        gpu = args.executor == "slurm" or args.device.startswith("cuda") or (
+            args.device == "auto" and torch.cuda.is_available())
+        dry_run(rows, opts, gpu)
+        return 0
+    command = "python -m symvae.reproduce " + shlex.join(sys.argv[1:] if argv is None else argv)
+    began = time.time()
+
+    def finish(quiet: bool = False) -> None:
+        try:
+            paths = write_table(opts.out, args.preset, rows, opts, command)
+        except OSError as err:
+            fail(f"cannot write the table in {opts.out} ({err.strerror}); fix it and run "
+                 "again with --table_only")
+        if not quiet:
+            print(f"table: {paths[0]} (and .json, .png); {duration(time.time() - began)}")
+    try:
+        if args.table_only:
+            finish()
+            return 0
+        if args.executor == "local":
+            return run_local(rows, opts, finish)
+        return run_submitit(args, rows, opts, finish)
+    except RowStateError as err:  # an unreadable row.json: the message names it and the fix
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

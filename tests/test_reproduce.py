@@ -1,0 +1,310 @@
+"""python -m symvae.reproduce: presets, the dry run, the table, the executors, resuming."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from symvae import grid, reproduce
+from symvae.grid import build_rows
+from symvae.report import summarize
+from symvae.stages import STAGES, Options, stage_key, write_state
+
+ROW_FILES = ("row.json", "fid_results.json")
+
+
+def run_main(*argv: str) -> int:
+    return reproduce.main(list(argv))
+
+
+def error_line(capsys, *argv: str) -> str:
+    """Run with bad flags: exactly one `error:` line on stderr and exit code 2."""
+    with pytest.raises(SystemExit) as exc:
+        run_main(*argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def snapshot(out: Path) -> dict[str, object]:
+    """Every row's records and the modification times of its model and grid files."""
+    snap: dict[str, object] = {}
+    for path in sorted(out.glob("*/*")):
+        if path.name in ROW_FILES:
+            snap[str(path)] = path.read_text()
+    for path in sorted(out.glob("*/models/*.pt")) + sorted(out.glob("*/images/*.png")):
+        snap[str(path)] = path.stat().st_mtime_ns
+    return snap
+
+
+def row_state(out: Path, name: str) -> dict:
+    return json.loads((out / name / "row.json").read_text())
+
+
+def log_count(path: Path) -> int:
+    """The largest `count:` in a training log so far."""
+    if not path.is_file():
+        return 0
+    return max((int(c) for c in re.findall(r"count: (\d+)", path.read_text())), default=0)
+
+
+# --- presets and rows ------------------------------------------------------------------------
+def test_readme_and_paper_presets_are_the_seeds_and_the_papers_settings():
+    readme = build_rows("readme")
+    assert [(r.experiment, r.method) for r in readme] == [
+        (e, m) for e in ("mnist-ladder", "mnist-reverse", "fmnist-ladder") for m in ("sym", "elbo")]
+    for r in readme:
+        s = r.sizes
+        assert (s.niterations, s.bs, s.stepsize, s.nz0, s.nz1, s.n, s.chain_steps, s.fid_dims) \
+            == (200_000, 1024, 1e-4, 30, 100, 70_000, 1000, 2048)
+    paper = {r.experiment: r.sizes for r in build_rows("paper")}
+    assert paper["mnist-ladder"].niterations == paper["mnist-reverse"].niterations == 1_000_000
+    assert (paper["fmnist-ladder"].niterations, paper["fmnist-ladder"].nz0,
+            paper["fmnist-ladder"].nz1) == (280_000, 50, 200)
+    assert paper["mnist-ladder"].nz0 == 30
+
+
+def test_rows_multiply_over_seeds_and_take_overrides():
+    rows = build_rows("quick", seeds=(0, 1, 2), overrides={"niterations": 7, "n": 50})
+    assert [r.name for r in rows] == [f"mnist-ladder-{m}-s{s}" for m in ("sym", "elbo")
+                                      for s in (0, 1, 2)]
+    assert {r.sizes.niterations for r in rows} == {7} and {r.sizes.n for r in rows} == {50}
+    assert {r.sizes.bs for r in rows} == {64}  # the preset's own where not overridden
+
+
+def test_estimate_counts_the_data_statistics_once_per_data_set():
+    rows = build_rows("quick")
+    est = grid.estimate_seconds(rows, gpu=False)
+    sym, elbo = (est[r.name]["fid"] for r in rows)
+    assert sym - elbo == pytest.approx(rows[0].sizes.n / grid.CPU_INCEPTION)
+    assert est[rows[0].name]["train"] == pytest.approx(5000 * 0.192)
+
+
+def test_quick_dry_run_prints_the_commands_and_about_an_hour(tmp_path: Path, capsys):
+    assert run_main("--preset", "quick", "--dry-run", "--device", "cpu",
+                    "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "python main_sym.py --call_prefix sym-s0 --nz0 30 --nz1 100 --seed 0 --device cpu " \
+        "--stepsize 0.0001 --bs 64 --niterations 5000" in out
+    assert "python main_elbo.py --call_prefix elbo-s0" in out
+    assert "python -m symvae.fid --call_prefix elbo-s0 --nz0 30 --nz1 100 --seed 0 --device " \
+        "cpu --n 1000 --chain_steps 100" in out
+    minutes = int(re.search(r"estimated total: (\d+) min", out).group(1))
+    assert 45 <= minutes <= 70
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--niterations", "0"), "--niterations 0"),
+    (("--stepsize", "2"), "--stepsize 2"),
+    (("--fid_dims", "100"), "--fid_dims 100"),
+    (("--seeds", "-1"), "--seeds -1"),
+    (("--partition", "gpu"), "--partition is for --executor slurm"),
+    (("--executor", "slurm", "--timeout_min", "0"), "--timeout_min 0"),
+])
+def test_bad_flags_give_one_error_line(tmp_path: Path, capsys, argv, words):
+    line = error_line(capsys, "--preset", "smoke", "--out", str(tmp_path), *argv)
+    assert words in line
+
+
+def test_a_damaged_row_record_is_named_with_the_fix(tmp_path: Path, capsys):
+    (tmp_path / "smoke" / "mnist-ladder-sym-s0").mkdir(parents=True)
+    (tmp_path / "smoke" / "mnist-ladder-sym-s0" / "row.json").write_text("{not json")
+    line = error_line(capsys, "--preset", "smoke", "--experiments", "mnist-ladder",
+                      "--out", str(tmp_path))
+    assert "mnist-ladder-sym-s0/row.json" in line and "delete it" in line
+
+
+# --- the table ---------------------------------------------------------------------------------
+def test_table_gives_mean_and_sd_over_finished_seeds(tmp_path: Path):
+    opts = Options(out=tmp_path)
+    rows = build_rows("smoke", ("mnist-ladder",), ("sym",), (0, 1, 2))
+    for row, fids in zip(rows[:2], ((2.0, 4.0), (4.0, 8.0)), strict=True):
+        stages = {s: {"key": stage_key(row, s, opts), "seconds": 1.0} for s in STAGES}
+        stages["train"].update(iterations=8, train_seconds=10.0, qmi0=0.1, qmi1=0.3,
+                               device="cpu", commit="abc")
+        stages["fid"].update(random_code_fid=fids[0], limiting_fid=fids[1])
+        (tmp_path / row.name).mkdir()
+        write_state(tmp_path / row.name, {"row": row.as_dict(), "stages": stages})
+    (line,) = summarize(rows, opts)
+    assert line["seeds_done"] == [0, 1] and line["pending"] == ["train"]
+    assert line["random_code_fid"] == pytest.approx((3.0, 2 ** 0.5))
+    assert line["limiting_fid"] == pytest.approx((6.0, 8 ** 0.5))
+    assert line["wall_seconds"] == pytest.approx((12.0, 0.0))
+    assert line["seed_figures"] == {"random_code_fid": 1.6543, "limiting_fid": 4.1015}
+
+
+# --- SLURM without a cluster: the script submitit writes, and no double submission -------------
+def fake_slurm(bin_dir: Path) -> Path:
+    """`sbatch` that keeps the script it is given and answers as SLURM does; `srun` unused."""
+    bin_dir.mkdir()
+    kept = bin_dir / "submitted"
+    kept.mkdir()
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\nn=$(ls {kept} | wc -l)\ncp "$1" {kept}/script$n.sh\n'
+        'echo "Submitted batch job $((4242 + n))"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).chmod(0o755)
+    return kept
+
+
+def test_slurm_array_script_passes_the_flags_and_rows_are_not_resubmitted(
+        tmp_path: Path, monkeypatch, capsys):
+    kept = fake_slurm(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    flags = ("--preset", "smoke", "--out", str(tmp_path / "results"), "--executor", "slurm",
+             "--partition", "gpuq", "--timeout_min", "90", "--gpus_per_node", "1",
+             "--array_parallelism", "3")
+    assert run_main(*flags) == 0
+    (script,) = kept.iterdir()
+    text = script.read_text()
+    for line in ("--partition=gpuq", "--time=90", "--gpus-per-node=1", "--array=0-5%3",
+                 "--signal=USR2@90", "--job-name=symvae-smoke"):
+        assert f"#SBATCH {line}\n" in text
+    assert "submitit.core._submit" in text
+    jobs = json.loads((tmp_path / "results" / "smoke" / "submitit" / "jobs.json").read_text())
+    assert jobs["fmnist-ladder-elbo-s0"] == "4242_5" and len(jobs) == 6
+    capsys.readouterr()
+    assert run_main(*flags) == 0  # the jobs have not ended: nothing submitted again
+    assert len(list(kept.iterdir())) == 1
+    assert capsys.readouterr().out.count("has not ended; not resubmitted") == 6
+    assert run_main(*flags, "--resubmit") == 0
+    assert len(list(kept.iterdir())) == 2
+
+
+def test_slurm_without_sbatch_says_where_to_run(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    line = error_line(capsys, "--preset", "smoke", "--out", str(tmp_path), "--executor", "slurm")
+    assert "no `sbatch`" in line and "--executor local" in line
+
+
+def test_checkpoint_hook_requeues_the_same_row(tmp_path: Path):
+    from symvae.cluster import RowJob
+    job, row, opts = RowJob(), build_rows("smoke")[0], Options(out=tmp_path)
+    delayed = job.checkpoint(row, opts)
+    assert isinstance(delayed.function, RowJob) and delayed.args == (row, opts)
+    assert job.requeued  # a requeue exit inside a stage now passes through to submitit
+
+
+# --- real runs of the smoke grid (Inception's first block, synthetic data) -----------------------
+def smoke_flags(data_root: Path, out: Path, *more: str) -> tuple[str, ...]:
+    return ("--preset", "smoke", "--data_root", str(data_root), "--out", str(out),
+            "--no_progress", *more)
+
+
+def check_table(out: Path, n_rows: int) -> None:
+    table = json.loads((out / "table.json").read_text())
+    assert len(table["rows"]) == n_rows
+    for line in table["rows"]:
+        assert line["seeds_done"] == [0] and line["iterations"] == ["8"]
+        assert line["random_code_fid"][0] >= 0 and line["limiting_fid"][0] >= 0
+    md = (out / "table.md").read_text()
+    assert md.count("| 1/1 |") == n_rows and "not comparable" in md
+    assert (out / "table.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_smoke_grid_locally_then_a_second_run_redoes_nothing(data_root: Path, tmp_path: Path,
+                                                             capsys):
+    out = tmp_path / "results"
+    assert run_main(*smoke_flags(data_root, out)) == 0
+    check_table(out / "smoke", 6)
+    before = snapshot(out / "smoke")
+    capsys.readouterr()
+    assert run_main(*smoke_flags(data_root, out)) == 0
+    said = capsys.readouterr().out
+    assert said.count(" done\n") == 18 and ": train:" not in said
+    assert snapshot(out / "smoke") == before
+    assert run_main(*smoke_flags(data_root, out, "--dry-run")) == 0
+    said = capsys.readouterr().out
+    assert said.count("[done, skipped]") == 18 and "estimated total: 0 s" in said
+    # a changed FID size redoes that stage only
+    assert run_main(*smoke_flags(data_root, out, "--experiments", "mnist-ladder",
+                                 "--methods", "sym", "--n", "12")) == 0
+    state = row_state(out / "smoke", "mnist-ladder-sym-s0")
+    assert state["stages"]["fid"]["n"] == 12
+    assert all(state["stages"][s] == json.loads(before[str(
+        out / "smoke" / "mnist-ladder-sym-s0" / "row.json")])["stages"][s]
+        for s in ("train", "generate"))
+
+
+@pytest.mark.slow
+def test_smoke_grid_through_submitits_local_executor(data_root: Path, tmp_path: Path,
+                                                      monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the job processes import this symvae
+    out = tmp_path / "results"
+    assert run_main(*smoke_flags(data_root, out, "--executor", "submitit-local")) == 0
+    check_table(out / "smoke", 6)
+    logs = list((out / "smoke" / "submitit").glob("*_log.out"))
+    assert len(logs) == 6  # six separate job processes
+
+
+@pytest.mark.slow
+def test_killed_during_a_row_the_rerun_redoes_only_the_interrupted_stage(
+        data_root: Path, tmp_path: Path):
+    out = tmp_path / "results"
+    flags = smoke_flags(data_root, out, "--experiments", "mnist-ladder", "--niterations", "60",
+                        "--save_period", "10", "--log_period", "10")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "symvae.reproduce", *flags]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elbo_log = out / "smoke" / "mnist-ladder-elbo-s0" / "logs" / "log-elbo-s0.txt"
+    deadline = time.time() + 600
+    while log_count(elbo_log) < 20 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert log_count(elbo_log) < 60, "the row finished before it could be killed"
+    sym = row_state(out / "smoke", "mnist-ladder-sym-s0")
+    assert set(sym["stages"]) == set(STAGES)
+    assert "train" not in row_state(out / "smoke", "mnist-ladder-elbo-s0")["stages"]
+
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "mnist-ladder-sym-s0: train done" in done.stdout
+    assert row_state(out / "smoke", "mnist-ladder-sym-s0") == sym  # nothing of it redone
+    train = row_state(out / "smoke", "mnist-ladder-elbo-s0")["stages"]["train"]
+    assert train["resumed_from"] >= 10 and train["iterations"] == 60
+    assert "# resumed from" in elbo_log.read_text()
+    assert json.loads((out / "smoke" / "table.json").read_text())["rows"][1]["seeds_done"] == [0]
+
+
+@pytest.mark.slow
+def test_a_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(
+        data_root: Path, tmp_path: Path, monkeypatch):
+    from symvae import cluster
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    opts = Options(out=tmp_path / "smoke", data_root=str(data_root), progress=False)
+    (row,) = build_rows("smoke", ("mnist-ladder",), ("sym",), overrides={
+        "niterations": 60, "save_period": 10, "log_period": 10})
+    folder = opts.out / "submitit"
+    executor = cluster.make_executor("submitit-local", folder, "symvae-test", timeout_min=30,
+                                     gpus_per_node=0)
+    (job,) = cluster.submit(executor, [row], opts, folder)
+    log = opts.out / row.name / "logs" / f"log-{row.tag}.txt"
+    deadline = time.time() + 600
+    while log_count(log) < 20 and not job.done() and time.time() < deadline:
+        time.sleep(0.05)
+    assert log_count(log) < 60, "the row finished before it could be preempted"
+    # SLURM's preemption notice (USR2, as submitit's sbatch --signal asks) to the job's task,
+    # the child of submitit's local controller process
+    pid = job._process.pid
+    (task,) = map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    os.kill(task, signal.SIGUSR2)
+    state = job.result()
+    assert state["stages"]["train"]["resumed_from"] >= 10
+    assert state["stages"]["train"]["iterations"] == 60 and set(state["stages"]) == set(STAGES)
+    assert "# resumed from" in log.read_text()
+    assert "Requeued job" in "".join(p.read_text() for p in folder.glob("*_log.*"))
