@@ -68,7 +68,8 @@ class Trainer:
         self.names = model.sym_names if method == "sym" else model.elbo_names
         self.noise = type(model).dataset.noise
         self.means = RunningMeans()
-        self.mi = {group: BitMI() for group in model.mi_names}
+        self.mi = {group: BitMI(model.nz0 if group.endswith("0") else model.nz1, device)
+                   for group in model.mi_names}
         self.count = 0
         self.elapsed = 0.0
         self.chain: torch.Tensor | None = None
@@ -123,6 +124,9 @@ class Trainer:
 
     def log_values(self) -> dict[str, float]:
         values = self.means.read()
+        if self.mi:  # the per-bit averages as they stand, not averaged again
+            mi = torch.stack([tracker.mean() for tracker in self.mi.values()]).tolist()
+            values.update(zip(map(mi_log_name, self.mi), mi))
         bad = [n for n, v in values.items() if not math.isfinite(v)]
         if bad:
             raise NonFinite(bad[0])
@@ -167,7 +171,7 @@ class Trainer:
         x = self.noise(self.data.batch(self.args.bs))
         logs, logits = self.learner.step(x)
         for group, tracker in self.mi.items():
-            logs[mi_log_name(group)] = tracker.update(logits[group])
+            tracker.update(logits[group])
         self.means.update(logs)
 
     def run(self, resumed: bool) -> int:
