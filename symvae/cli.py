@@ -46,6 +46,9 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=None, help="seed all random generators")
+    parser.add_argument("--tf32", action="store_true",
+                        help="CUDA: TF32 matrix products (faster, ~10-bit mantissa; default "
+                             "fp32 as in the authors' runs)")
 
 
 def train_parser(method: str) -> argparse.ArgumentParser:

@@ -124,7 +124,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     for flag in ("n", "chain_steps", "bs"):
         positive(f"--{flag}", getattr(args, flag))
     device = pick_device(args.device)
-    runtime.configure(device)
+    runtime.configure(device, tf32=args.tf32)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     data = load_data(model_cls.dataset, args.data_root, device)

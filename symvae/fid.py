@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from symvae import checkpoint as ckpt_io
+from symvae import runtime
 from symvae.cli import (
     check_model_args,
     fail,
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
         fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
     check_results(folder)
     device = pick_device(args.device)
+    runtime.configure(device, tf32=args.tf32)
     if features is None:  # built before seeding: building modules draws random numbers
         try:
             features = inception_features(device)

@@ -51,7 +51,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     positive("--n", args.n)
     positive("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
-    runtime.configure(device)
+    runtime.configure(device, tf32=args.tf32)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     folder = Path.cwd()

@@ -256,7 +256,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
     folder = Path.cwd()
     files = RunFiles(folder, args.call_prefix)
     device = pick_device(args.device)
-    runtime.configure(device)
+    precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32))
     seed_everything(args.seed)
     model = model_cls(args.nz0, args.nz1)
 
@@ -304,7 +304,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
         if mode == "a" and files.log.stat().st_size and not _ends_with_newline(files.log):
             trainer.log_file.write("\n")  # a line cut short by a crash stays on its own line
         trainer.log(f"# {method} {model.experiment} {' '.join(sys.argv[1:] if argv is None else argv)}"
-                    f" (device {device}, torch {torch.__version__})")
+                    f" (device {device}, {precision}, torch {torch.__version__})")
         if note:
             trainer.log(note)
         previous = trainer.install_signal_handlers()
