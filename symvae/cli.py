@@ -29,6 +29,13 @@ def positive(flag: str, value: int) -> int:
     return value
 
 
+def non_negative(flag: str, value: int) -> int:
+    """`value` if it is at least 0, else fail naming the flag."""
+    if value < 0:
+        fail(f"{flag} {value}: must be 0 or more")
+    return value
+
+
 def load_data(dataset, data_root: str | None, device: torch.device):
     """The experiment's data set on `device` (fetched once if missing), or one clear error line."""
     from symvae.data import DataMissing

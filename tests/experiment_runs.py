@@ -107,10 +107,12 @@ def check_generate_data(folder: Path, method: str, data_root: Path, binary: bool
             assert not grey, name  # thresholded at logit 0
         elif name == "images":
             assert grey  # the data keep their grey levels
-    for name in ("prior_z", "posterior_z", "limiting_z"):
-        codes = np.load(out / f"{name}.npy")
-        assert codes.shape == (n, TINY_NZ0 + TINY_NZ1) and codes.dtype == np.uint8
-        assert set(np.unique(codes)) <= {0, 1}
+    for kind in ("prior", "post", "lim"):
+        for layer, bits in ((0, TINY_NZ0), (1, TINY_NZ1)):
+            codes = np.load(out / f"z{layer}_{kind}.npy")
+            assert codes.shape == (n, bits) and codes.dtype == np.float32
+            assert set(np.unique(codes)) <= {0.0, 1.0}
+    assert not list(out.glob("*_z.npy"))
 
 
 def end_to_end(folder: Path, method: str, data_root: Path, names: tuple[str, ...],
