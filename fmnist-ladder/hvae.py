@@ -10,3 +10,6 @@ from symvae.pixels import GaussianPixels
 class HVAE(LadderHVAE):
     experiment, dataset = "fmnist-ladder", DATASET
     width, p_width, act, decoder_act, pixel_model = 1000, 600, "tanh", "relu", GaussianPixels
+    # limiting chains: generate.py and the training grid from uniform noise, generate_data.py
+    # and FID from binary noise
+    chain_start, fid_chain_start = "uniform_noise", "binary_noise"

@@ -8,3 +8,6 @@ from symvae.pixels import BernoulliPixels
 class HVAE(LadderHVAE):
     experiment, dataset = "mnist-ladder", DATASET
     width, act, decoder_act, pixel_model = 600, "tanh", "tanh", BernoulliPixels
+    # limiting chains: generate.py and the training grid from binary noise, generate_data.py
+    # and FID from an ancestral sample x ~ p
+    chain_start, fid_chain_start = "binary_noise", "ancestral"

@@ -210,6 +210,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                    help="torch.compile the networks: no, yes, or both side by side")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--tf32", action="store_true",
+                   help="CUDA: TF32 matrix products (default fp32, as training's default)")
     p.add_argument("--gpu-check", action="store_true",
                    help="the GPU check: --all --bs 1024 --device cuda --compile both")
     p.add_argument("--png", action="store_true",
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
         return 0
     device = pick_device(args.device)
-    applied = runtime.configure(device, args.threads)
+    applied = runtime.configure(device, args.threads, tf32=args.tf32)
     accel = device.type != "cpu"
     iters = args.iters or (30 if accel else 5)
     warmup = args.warmup if args.warmup is not None else (5 if accel else 1)

@@ -29,6 +29,13 @@ def positive(flag: str, value: int) -> int:
     return value
 
 
+def non_negative(flag: str, value: int) -> int:
+    """`value` if it is at least 0, else fail naming the flag."""
+    if value < 0:
+        fail(f"{flag} {value}: must be 0 or more")
+    return value
+
+
 def load_data(dataset, data_root: str | None, device: torch.device):
     """The experiment's data set on `device` (fetched once if missing), or one clear error line."""
     from symvae.data import DataMissing
@@ -46,6 +53,9 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=None, help="seed all random generators")
+    parser.add_argument("--tf32", action="store_true",
+                        help="CUDA: TF32 matrix products (faster, ~10-bit mantissa; default "
+                             "fp32 as in the authors' runs)")
 
 
 def train_parser(method: str) -> argparse.ArgumentParser:

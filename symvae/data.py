@@ -94,17 +94,19 @@ def _try_fetch(name: str, root: Path) -> None:
 class DeviceData:
     """The image set on the training device, and the authors' batch sampler.
 
-    One iteration takes a contiguous window of `bs` images at a random start
-    from a random permutation of the set; the permutation is redrawn every
-    n // bs iterations. The window is gathered through an index on the device,
-    so no image data crosses to the host; the state (permutation, position)
-    is small and goes into checkpoints.
+    As in the authors' mnist.py/fmnist.py: the set starts in its stored order
+    (train then test); iteration `count` (from 0) first re-permutes the current
+    order at random when count % period == period - 1, period = n // bs, then
+    takes the contiguous window of `bs` images at a start drawn uniformly from
+    0 .. n - bs - 1 (NumPy's randint(n - bs), here from torch's generator). The
+    order is kept as an index on the device, so no image data crosses to the
+    host; the state (order, count) is small and goes into checkpoints.
     """
 
     def __init__(self, images: Tensor, divisor: float):
         self.images, self.divisor = images, divisor
-        self.perm: Tensor | None = None
-        self.since_shuffle = 0
+        self.perm: Tensor | None = None  # None: the stored order
+        self.count = 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -115,22 +117,26 @@ class DeviceData:
     def batch(self, bs: int) -> Tensor:
         """The next training batch, float [bs,1,28,28] in [0,1], before noise."""
         n = len(self.images)
-        if self.perm is None or self.since_shuffle >= max(n // bs, 1):
-            self.perm = torch.randperm(n).to(self.images.device)
-            self.since_shuffle = 0
-        self.since_shuffle += 1
-        start = int(torch.randint(0, n - bs + 1, ()))
+        period = max(n // bs, 1)
+        if self.count % period == period - 1:
+            shuffle = torch.randperm(n).to(self.images.device)
+            self.perm = shuffle if self.perm is None else self.perm[shuffle]
+        self.count += 1
+        start = int(torch.randint(0, max(n - bs, 1), ()))  # bs == n: the whole set
+        if self.perm is None:
+            return self.as_float(self.images[start:start + bs])
         return self.as_float(self.images[self.perm[start:start + bs]])
 
     def state_dict(self) -> dict:
-        return {"perm": None if self.perm is None else self.perm.cpu(),
-                "since_shuffle": self.since_shuffle}
+        return {"perm": None if self.perm is None else self.perm.cpu(), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
         perm = state.get("perm")
-        if perm is not None and len(perm) == len(self.images):
-            self.perm = perm.to(self.images.device)
-            self.since_shuffle = int(state["since_shuffle"])
+        if perm is not None and len(perm) != len(self.images):
+            return  # another data set: start afresh
+        self.perm = None if perm is None else perm.to(self.images.device)
+        # files before "count" kept the draws since the last shuffle: the next one falls alike
+        self.count = int(state["count"]) if "count" in state else int(state["since_shuffle"]) - 1
 
 
 if __name__ == "__main__":

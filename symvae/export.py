@@ -2,10 +2,13 @@
 
 generated_data/MODE/images/      the first --n data images (as the model sees them)
 generated_data/MODE/sh_images/   as many single-shot images (random codes)
-generated_data/MODE/lim_images/  as many limiting images (chains of --chain_steps steps)
-generated_data/MODE/{prior,posterior,limiting}_z.npy   uint8 codes [n, nz0+nz1]
-PNG files are 8-bit grey `img_00000.png` ...; binary experiments save images
-thresholded at logit 0, grey ones the clamped means.
+generated_data/MODE/lim_images/  as many limiting images (each chain: --chain_steps sampled
+                                 steps from the experiment's fid_chain_start, then the output step)
+generated_data/MODE/z{0,1}_{prior,post,lim}.npy   float32 latent codes, one row per image:
+    prior = z ~ p of the single shots, post = z ~ q(z|x) of the data images,
+    lim = the z of each chain's output step
+PNG files are 8-bit grey `img_00000.png` ...; binary experiments save thresholded
+images (the pixel model's export), grey ones the clamped means.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from symvae.cli import (
     ensure_dirs,
     load_data,
     model_flags,
+    non_negative,
     pick_device,
     positive,
     seed_everything,
@@ -36,10 +40,12 @@ from symvae.data import DeviceData
 from symvae.generate import load_trained
 from symvae.model import HVAE, Latents
 from symvae.png import write_grey
-from symvae.sampling import run_chain, to_uint8
+from symvae.sampling import chain_start, run_chain, to_uint8
 
 SETS = ("images", "sh_images", "lim_images")
-CODES = ("prior_z", "posterior_z", "limiting_z")
+# file stem -> (Chunk field, latent layer)
+CODES = {f"z{layer}_{kind}": (field, layer) for kind, field in
+         (("prior", "prior_z"), ("post", "posterior_z"), ("lim", "limiting_z")) for layer in (0, 1)}
 
 
 class PngWriter:
@@ -66,8 +72,8 @@ class PngWriter:
             self.pool.shutdown()
 
 
-def _codes(z: Latents) -> np.ndarray:
-    return torch.cat(z, 1).to(torch.uint8).cpu().numpy()
+def _codes(z: Tensor) -> np.ndarray:
+    return z.float().cpu().numpy()
 
 
 @dataclass
@@ -79,8 +85,8 @@ class Chunk:
     posterior_z: Latents  # z ~ q(z|x) of the data images
     prior_z: Latents  # z ~ p of the single-shot images
     shot: Tensor  # pixels.export of p(x|z1) for z ~ p
-    limiting_z: Latents  # z of each chain's last step
-    limiting: Tensor  # pixels.export of the decoder outputs of each chain's last step
+    limiting_z: Latents  # z of each chain's output step
+    limiting: Tensor  # pixels.export of the decoder outputs of each chain's output step
 
 
 @torch.no_grad()
@@ -88,10 +94,13 @@ def image_chunks(model: HVAE, data: DeviceData, n: int, bs: int, chain_steps: in
                  on_progress: Callable[[int], None] | None = None) -> Iterator[Chunk]:
     """The first n images of each FID set, `bs` at a time (chains run side by side).
 
-    Random numbers are drawn in one fixed order per chunk (q(z|x) of the data,
-    the single shot, then the chain), so a seed gives the same images to every
-    consumer (generate_data.py, the score command). `on_progress(k)` is told
-    of k more image-steps: 2 per image for data and single shot, 1 per chain step.
+    Each chain starts at the experiment's `fid_chain_start`, runs `chain_steps`
+    sampled steps and one output step (symvae.sampling.run_chain). Random numbers
+    are drawn in one fixed order per chunk (q(z|x) of the data, the single shot,
+    the chain's start, then the chain), so a seed gives the same images to every
+    consumer (generate_data.py, the score command). `on_progress(k)` is told of
+    k more image-steps: 2 per image for data and single shot, 1 per chain step
+    (chain_steps + 1 of them).
     """
     tick = on_progress or (lambda k: None)
     for first in range(0, n, bs):
@@ -100,7 +109,7 @@ def image_chunks(model: HVAE, data: DeviceData, n: int, bs: int, chain_steps: in
         posterior_z = model.sample_q(x)[0]
         prior_z, shot = model.single_shot(size)
         tick(2 * size)
-        start = model.pixels.chain_start(size, x.device)
+        start = chain_start(model, model.fid_chain_start, size)
         limiting_z, last = run_chain(model, start, chain_steps, on_step=lambda s=size: tick(s))
         yield Chunk(first, x, posterior_z, prior_z, model.pixels.export(shot),
                     limiting_z, model.pixels.export(last))
@@ -113,7 +122,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
                         help="name of the subfolder of generated_data/ (e.g. sym or elbo)")
     parser.add_argument("--n", type=int, default=70000, help="images per set (default 70,000)")
     parser.add_argument("--chain_steps", type=int, default=1000,
-                        help="steps of each limiting chain")
+                        help="sampled steps of each limiting chain before its output step")
     parser.add_argument("--bs", type=int, default=1000, help="chains run side by side")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes writing PNG files (0: write in the main process)")
@@ -121,25 +130,26 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_model_args(args)
     check_tag(args.mode, "--mode")
-    for flag in ("n", "chain_steps", "bs"):
+    for flag in ("n", "bs"):
         positive(f"--{flag}", getattr(args, flag))
+    non_negative("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
-    runtime.configure(device)
+    runtime.configure(device, tf32=args.tf32)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     data = load_data(model_cls.dataset, args.data_root, device)
     n = min(args.n, len(data))
     out = Path.cwd() / "generated_data" / args.mode
     ensure_dirs(out, SETS)
-    codes = {name: [] for name in CODES}
+    codes: dict[str, list[np.ndarray]] = {name: [] for name in CODES}
     writer = PngWriter(args.workers)
-    bar = tqdm(total=n * (args.chain_steps + 2), unit="img", desc="generate_data")
+    bar = tqdm(total=n * (args.chain_steps + 3), unit="img", desc="generate_data")
     for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
         writer.write(out / "images", chunk.first, chunk.data)
         writer.write(out / "sh_images", chunk.first, chunk.shot)
         writer.write(out / "lim_images", chunk.first, chunk.limiting)
-        for name in CODES:
-            codes[name].append(_codes(getattr(chunk, name)))
+        for name, (field, layer) in CODES.items():
+            codes[name].append(_codes(getattr(chunk, field)[layer]))
     writer.close()
     bar.close()
     for name, parts in codes.items():

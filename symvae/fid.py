@@ -29,11 +29,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from symvae import checkpoint as ckpt_io
+from symvae import runtime
 from symvae.cli import (
     check_model_args,
     fail,
     load_data,
     model_flags,
+    non_negative,
     pick_device,
     positive,
     seed_everything,
@@ -221,7 +223,8 @@ def parser() -> argparse.ArgumentParser:
     model_flags(p)
     p.add_argument("--n", type=int, default=70000,
                    help="images per set (default 70,000; at most the data set's size)")
-    p.add_argument("--chain_steps", type=int, default=1000, help="steps of each limiting chain")
+    p.add_argument("--chain_steps", type=int, default=1000,
+                   help="sampled steps of each limiting chain before its output step")
     p.add_argument("--bs", type=int, default=1000,
                    help="chains run side by side (as generate_data.py's --bs: same seed and bs, "
                         "same images)")
@@ -241,12 +244,14 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
     except FileNotFoundError as err:
         fail(str(err))
     check_model_args(args)
-    for flag in ("chain_steps", "bs", "feature_bs"):
+    for flag in ("bs", "feature_bs"):
         positive(f"--{flag}", getattr(args, flag))
+    non_negative("--chain_steps", args.chain_steps)
     if args.n < 2:
         fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
     check_results(folder)
     device = pick_device(args.device)
+    runtime.configure(device, tf32=args.tf32)
     if features is None:  # built before seeding: building modules draws random numbers
         try:
             features = inception_features(device)
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
                                           stats_cache_dir(args.data_root, folder), features,
                                           args.feature_bs, progress=not args.no_progress)
     shot, lim = FeatureStats(), FeatureStats()
-    bar = tqdm(total=n * (args.chain_steps + 4), unit="img-step", desc="fid",
+    bar = tqdm(total=n * (args.chain_steps + 5), unit="img-step", desc="fid",
                disable=args.no_progress)
     for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
         for stats, images in ((shot, chunk.shot), (lim, chunk.limiting)):

@@ -1,7 +1,9 @@
 """generate.py: 40 single-shot and 40 limiting images of a trained model as 4x10 grids.
 
 Writes images/generated_sh_TAG.png (random codes) and images/generated_sta_TAG.png
-(limiting distribution: chains from random images, --chain_steps steps).
+(limiting distribution: chains from the experiment's chain_start, binary noise for MNIST and
+uniform noise for Fashion-MNIST, --chain_steps sampled steps, then the decoder means of one
+more step).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from symvae.cli import (
     ensure_dirs,
     fail,
     model_flags,
+    non_negative,
     pick_device,
     positive,
     seed_everything,
@@ -45,13 +48,13 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     model_flags(parser)
     parser.add_argument("--n", type=int, default=40, help="images per grid (10 per row)")
     parser.add_argument("--chain_steps", type=int, default=1000,
-                        help="steps of the limiting chain")
+                        help="sampled steps of the limiting chain before its output step")
     args = parser.parse_args(argv)
     check_model_args(args)
     positive("--n", args.n)
-    positive("--chain_steps", args.chain_steps)
+    non_negative("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
-    runtime.configure(device)
+    runtime.configure(device, tf32=args.tf32)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     folder = Path.cwd()

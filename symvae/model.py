@@ -34,6 +34,11 @@ class HVAE(nn.Module):
     act: str = "tanh"
     decoder_act: str = "tanh"  # activation inside p(x|z1)
     pixel_model: ClassVar[type[nn.Module]] = BernoulliPixels
+    # Where limiting chains start (names of symvae.sampling.CHAIN_STARTS), as in the authors'
+    # scripts: `chain_start` for generate.py and the training grid's running chain,
+    # `fid_chain_start` for generate_data.py and the FID command.
+    chain_start: ClassVar[str] = "binary_noise"
+    fid_chain_start: ClassVar[str] = "binary_noise"
 
     def __init__(self, nz0: int, nz1: int, *, width: int | None = None, act: str | None = None,
                  p_x: nn.Module | None = None, n_pixels: int = PIXELS):
@@ -84,10 +89,14 @@ class HVAE(nn.Module):
         z, _ = self.sample_z(n)
         return z, self.p_x(z[1])
 
+    def limiting_out(self, x: Tensor) -> tuple[Latents, Tensor]:
+        """Half a chain step: z ~ q(z|x) and the decoder outputs of p(x|z1); returns (z, outputs)."""
+        z, _ = self.sample_q(x)
+        return z, self.p_x(z[1])
+
     def limiting_step(self, x: Tensor) -> tuple[Latents, Tensor, Tensor]:
         """One chain step x -> z ~ q(z|x) -> x' ~ p(x|z1); returns (z, decoder outputs, x')."""
-        z, _ = self.sample_q(x)
-        out = self.p_x(z[1])
+        z, out = self.limiting_out(x)
         return z, out, self.pixels.sample(out)
 
     # --- encoder (subclasses) -----------------------------------------------

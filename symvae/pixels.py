@@ -11,6 +11,7 @@ class BernoulliPixels(nn.Module):
     """Binary pixels; the decoder outputs logits."""
 
     binary = True
+    grid_noisy_data = False  # the training grid's first row: the batch before its noise
 
     def nll(self, out: Tensor, x: Tensor) -> Tensor:
         """-log p(x|z1) summed over pixels -> [B]."""
@@ -23,21 +24,29 @@ class BernoulliPixels(nn.Module):
         return torch.sigmoid(out)
 
     def export(self, out: Tensor) -> Tensor:
-        """The image written for FID: thresholded at logit 0."""
+        """The image written for FID: thresholded at logit 0 (the authors' ladder scripts)."""
         return (out > 0).to(out.dtype)
-
-    def chain_start(self, n: int, device: torch.device) -> Tensor:
-        """Random binary images that start a limiting chain."""
-        return torch.randint(0, 2, (n, 1, 28, 28), device=device).float()
 
     def chain_rows(self, sample: Tensor, mean: Tensor) -> list[Tensor]:
         return [mean]
+
+
+class HalfProbabilityPixels(BernoulliPixels):
+    """Binary pixels written for FID as sigmoid(logits) > 1/2 (the authors' reverse scripts).
+
+    The same as logits > 0 except where float32's sigmoid rounds to exactly 1/2
+    (|logit| below about 3e-8).
+    """
+
+    def export(self, out: Tensor) -> Tensor:
+        return (torch.sigmoid(out) > 0.5).to(out.dtype)
 
 
 class GaussianPixels(nn.Module):
     """Grey pixels x ~ N(mu(z1), sigma^2); one learned log sigma, part of p."""
 
     binary = False
+    grid_noisy_data = True  # the training grid's first row: the batch with its noise
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,9 +63,6 @@ class GaussianPixels(nn.Module):
 
     def export(self, out: Tensor) -> Tensor:
         return out.clamp(0, 1)
-
-    def chain_start(self, n: int, device: torch.device) -> Tensor:
-        return torch.rand(n, 1, 28, 28, device=device)
 
     def chain_rows(self, sample: Tensor, mean: Tensor) -> list[Tensor]:
         return [sample.clamp(0, 1), mean.clamp(0, 1)]

@@ -105,13 +105,16 @@ def read_log(path: Path) -> list[dict[str, float]]:
 
 
 def read_stats(folder: Path, tag: str) -> dict[str, np.ndarray]:
-    """{bit group: MI per bit, sorted} from logs/stat{group}-TAG.txt (ladder models only)."""
+    """{bit group: MI per bit, ascending} from logs/stat{group}-TAG.txt (ladder models only).
+
+    The files are written ascending, as the authors write them; sorting here also
+    draws files of older runs (written descending) the same way."""
     stats = {}
     for path in sorted((Path(folder) / "logs").glob(f"stat*-{tag}.txt")):
         group = path.name[len("stat"):-len(f"-{tag}.txt")]
         values = [float(v) for v in path.read_text().split()]
         if group and values:
-            stats[group] = np.asarray(values)
+            stats[group] = np.sort(np.asarray(values))
     return stats
 
 
@@ -188,7 +191,7 @@ def mi_profiles(runs: list[Run]) -> Figure | None:
         for run in runs:
             if group in run.stats:
                 ax.plot(np.arange(1, len(run.stats[group]) + 1), run.stats[group], label=run.tag)
-        ax.set_title(f"stat{group}: MI of each bit, sorted")
+        ax.set_title(f"stat{group}: MI of each bit, ascending")
         ax.set_xlabel("bit (by rank)")
         ax.legend(title="run", fontsize="small")
     fig.suptitle("per-bit mutual information at the last checkpoint")

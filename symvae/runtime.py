@@ -5,8 +5,13 @@
   each large activation of a batch-1024 step is page-faulted and zeroed again
   on every iteration (about half of a CPU step). `mallopt` at start serves them
   from the heap and never trims it, so the pages are re-used.
-- CUDA: TF32 matrix products and convolutions (fp32 storage, ~10-bit mantissa
-  products), and cuDNN's autotuner for the fixed layer shapes.
+- CUDA: cuDNN's autotuner for the fixed layer shapes. It only picks among
+  convolution algorithms, so the fp32 arithmetic stays what it was.
+- Precision stays PyTorch's default, as in the authors' runs: fp32 matrix
+  products (`torch.backends.cuda.matmul.allow_tf32 = False`) and cuDNN
+  convolutions with TF32 allowed (cuDNN's own default). `tf32=True` (the
+  `--tf32` flag) opts in to TF32 matrix products too: faster on Ampere and
+  later GPUs, ~10-bit mantissa products, and no longer the authors' numbers.
 """
 from __future__ import annotations
 
@@ -47,22 +52,29 @@ def malloc_keep_memory(keep: bool = True) -> bool:
     return bool(libc.mallopt(M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim))
 
 
-def configure(device: torch.device, threads: int | None = None) -> dict[str, bool | int]:
+def configure(device: torch.device, threads: int | None = None,
+              tf32: bool = False) -> dict[str, bool | int]:
     """Apply the measured process settings for training or sampling on `device`.
 
     Returns what was applied, for the log line. `threads` sets torch's CPU
-    thread count (default: leave torch's choice, one per core).
+    thread count (default: leave torch's choice, one per core); `tf32` allows
+    TF32 matrix products on CUDA (default: fp32, as PyTorch and the authors).
     """
     if threads is not None:
         torch.set_num_threads(threads)
     if device.type == "cpu" and "malloc" not in _applied:
         _applied["malloc"] = malloc_keep_memory(True)
+    matmul_tf32 = tf32 and device.type == "cuda"
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
         torch.backends.cudnn.benchmark = True
     return {"malloc_keep": _applied.get("malloc", False), "threads": torch.get_num_threads(),
-            "tf32": device.type == "cuda"}
+            "tf32": matmul_tf32}
+
+
+def precision_note(applied: dict[str, bool | int]) -> str:
+    """The log header's words for the matrix-product precision that `configure` set."""
+    return f"matmul tf32 {'on' if applied.get('tf32') else 'off'}"
 
 
 def compile_model(model: torch.nn.Module) -> None:

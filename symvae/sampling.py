@@ -1,8 +1,10 @@
 """Sampling from a trained model (SPEC §6): single shot, the limiting chain, image grids.
 
 "Single shot" (random code): z ~ p, image = p(x|z1) probabilities or means.
-"Limiting": the Markov chain x -> z ~ q(z|x) -> x ~ p(x|z1), started from
-noise; images are the decoder outputs of its last step.
+"Limiting": the Markov chain x -> z ~ q(z|x) -> x ~ p(x|z1), counted as the
+authors count it: from a start (CHAIN_STARTS, chosen per experiment in its
+hvae.py), `steps` sampled steps, then one output step whose decoder outputs
+are the image, i.e. steps + 1 encoder passes.
 """
 from __future__ import annotations
 
@@ -15,6 +17,32 @@ from torchvision.utils import make_grid
 
 from symvae.checkpoint import atomic_write
 from symvae.model import HVAE, Latents
+from symvae.nets import IMAGE_SHAPE
+
+
+def _binary_noise(model: HVAE, n: int) -> Tensor:
+    return (torch.rand(n, *IMAGE_SHAPE, device=model._device()) < 0.5).float()
+
+
+def _uniform_noise(model: HVAE, n: int) -> Tensor:
+    return torch.rand(n, *IMAGE_SHAPE, device=model._device())
+
+
+def _ancestral(model: HVAE, n: int) -> Tensor:
+    return model.sample_p(n)[1]
+
+
+def _exported_shot(model: HVAE, n: int) -> Tensor:
+    return model.pixels.export(model.single_shot(n)[1])
+
+
+# The named starts of a limiting chain: n images [n,1,28,28] from the model's device.
+CHAIN_STARTS: dict[str, Callable[[HVAE, int], Tensor]] = {
+    "binary_noise": _binary_noise,  # pixels 0/1 with probability 1/2 each
+    "uniform_noise": _uniform_noise,  # pixels uniform in [0, 1)
+    "ancestral": _ancestral,  # x of (z0, z1, x) ~ p
+    "exported_shot": _exported_shot,  # a single shot as written for FID (thresholded/clamped)
+}
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -37,18 +65,29 @@ def single_shot(model: HVAE, n: int) -> Tensor:
 
 
 @torch.no_grad()
+def chain_start(model: HVAE, name: str, n: int) -> Tensor:
+    """n start images of a limiting chain, by the CHAIN_STARTS name."""
+    return CHAIN_STARTS[name](model, n)
+
+
+@torch.no_grad()
 def run_chain(model: HVAE, x: Tensor, steps: int,
               on_step: Callable[[], None] | None = None) -> tuple[Latents, Tensor]:
-    """Run the limiting chain `steps` (>= 1) steps from x; returns the last (z, decoder outputs)."""
+    """From x, `steps` (>= 0) sampled steps x <- x' ~ p(x|z1), z ~ q(z|x), then the output
+    step; returns its (z, decoder outputs). `on_step` is told of each of the steps + 1."""
     for _ in range(steps):
-        z, out, x = model.limiting_step(x)
+        x = model.limiting_step(x)[2]
         if on_step:
             on_step()
+    z, out = model.limiting_out(x)
+    if on_step:
+        on_step()
     return z, out
 
 
 @torch.no_grad()
 def limiting(model: HVAE, n: int, steps: int) -> Tensor:
-    """n limiting-distribution images: means of the last step of chains started from noise."""
-    _, out = run_chain(model, model.pixels.chain_start(n, model._device()), steps)
+    """n limiting-distribution images: decoder means of the output step of chains started at
+    the experiment's `chain_start` after `steps` sampled steps."""
+    _, out = run_chain(model, chain_start(model, model.chain_start, n), steps)
     return model.pixels.mean(out)

@@ -42,30 +42,35 @@ class RunningMeans:
 
 
 class BitMI:
-    """Per-bit mutual information between a bit and what it is conditioned on.
+    """Per-bit mutual information between a bit and what it is conditioned on (SPEC §5).
 
     For each bit, exponential averages (decay 0.99) of the marginal probability
-    m and of MI = H(m) - mean over the batch of H(conditional probability).
+    m and of MI = H(m) - mean over the batch of H(conditional probability),
+    starting from m = 1/2 and MI = 0; m is updated first, MI then uses the new m.
     """
 
-    def __init__(self) -> None:
-        self.m: Tensor | None = None
-        self.mi: Tensor | None = None
+    def __init__(self, bits: int, device: torch.device | str = "cpu") -> None:
+        self.m = torch.full((bits,), 0.5, device=device)
+        self.mi = torch.zeros(bits, device=device)
 
-    def update(self, logits: Tensor) -> Tensor:
-        """Fold in one batch of conditional logits [B, bits]; returns the mean MI per bit."""
+    def update(self, logits: Tensor) -> None:
+        """Fold in one batch of conditional logits [B, bits]."""
         prob = torch.sigmoid(logits.detach().float())
-        m_batch = prob.mean(0)
-        self.m = m_batch if self.m is None else torch.lerp(self.m, m_batch, 1 - MI_DECAY)
+        self.m = torch.lerp(self.m, prob.mean(0), 1 - MI_DECAY)
         mi_batch = binary_entropy(self.m) - binary_entropy(prob).mean(0)
-        self.mi = mi_batch if self.mi is None else torch.lerp(self.mi, mi_batch, 1 - MI_DECAY)
+        self.mi = torch.lerp(self.mi, mi_batch, 1 - MI_DECAY)
+
+    def mean(self) -> Tensor:
+        """The mean over the bits of the per-bit averages (the log's pmi1, qmi0, qmi1)."""
         return self.mi.mean()
 
     def sorted_values(self) -> list[float]:
-        return [] if self.mi is None else sorted(self.mi.tolist(), reverse=True)
+        """The per-bit MI estimates in ascending order (the logs/stat*-TAG.txt files)."""
+        return sorted(self.mi.tolist())
 
     def state_dict(self) -> dict:
         return {"m": self.m, "mi": self.mi}
 
     def load_state_dict(self, state: dict) -> None:
-        self.m, self.mi = state["m"], state["mi"]
+        if state.get("m") is not None:  # None: saved before the first update
+            self.m, self.mi = state["m"], state["mi"]

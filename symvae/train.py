@@ -6,6 +6,7 @@ Per run tag TAG, in the experiment folder:
   logs/stat*-TAG.txt    sorted per-bit mutual information (ladder models)
   models/m_TAG.pt       full checkpoint at iteration 0, every --save_period, and at the end
   images/img_TAG.png    data, reconstructions, single shots and a running limiting chain
+                        that advances one step every iteration
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from symvae.cli import (
 from symvae.data import DeviceData
 from symvae.learning import LEARNERS, NonFinite
 from symvae.model import HVAE
-from symvae.sampling import save_grid
+from symvae.sampling import chain_start, save_grid
 from symvae.stats import BitMI, RunningMeans
 
 GRID_COLUMNS = 10
@@ -68,10 +69,13 @@ class Trainer:
         self.names = model.sym_names if method == "sym" else model.elbo_names
         self.noise = type(model).dataset.noise
         self.means = RunningMeans()
-        self.mi = {group: BitMI() for group in model.mi_names}
+        self.mi = {group: BitMI(model.nz0 if group.endswith("0") else model.nz1, device)
+                   for group in model.mi_names}
         self.count = 0
         self.elapsed = 0.0
-        self.chain: torch.Tensor | None = None
+        # the grid's running limiting chain, drawn from the training RNG as the authors draw it
+        self.chain = chain_start(model, model.chain_start, GRID_COLUMNS)
+        self.grid_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (clean, noisy)
         self.stop_signal: str | None = None
         self.log_file = None
 
@@ -110,7 +114,8 @@ class Trainer:
         self.means.load_state_dict(ckpt_io.to_device(ckpt["means"], self.device))
         self._restore_mi(ckpt)
         self.data.load_state_dict(ckpt["sampler"])
-        self.chain = ckpt.get("chain")
+        if ckpt.get("chain") is not None:
+            self.chain = ckpt["chain"].to(self.device)
         ckpt_io.set_rng_state(ckpt["rng"])
         old = ckpt.get("args", {}).get("stepsize", self.args.stepsize)
         change = f"; --stepsize {old:g} -> {self.args.stepsize:g}" \
@@ -130,6 +135,9 @@ class Trainer:
 
     def log_values(self) -> dict[str, float]:
         values = self.means.read()
+        if self.mi:  # the per-bit averages as they stand, not averaged again
+            mi = torch.stack([tracker.mean() for tracker in self.mi.values()]).tolist()
+            values.update(zip(map(mi_log_name, self.mi), mi))
         bad = [n for n, v in values.items() if not math.isfinite(v)]
         if bad:
             raise NonFinite(bad[0])
@@ -158,24 +166,35 @@ class Trainer:
         ckpt_io.save(self.files.model, self.state_dict())
 
     def save_grid(self) -> None:
+        """The authors' grid: the first images of the current training batch (MNIST before its
+        noise, Fashion-MNIST with it), reconstructions by one limiting step from the noisy
+        ones, single shots (means), then the decoder means of one more step of the running
+        chain (Fashion-MNIST: that step's sample and its mean), which leaves the chain as is."""
         model, pixels = self.model, self.model.pixels
-        idx = torch.randint(0, len(self.data), (GRID_COLUMNS,), device=self.data.images.device)
-        x = self.data.as_float(self.data.images[idx])
-        _, recon, _ = model.limiting_step(x)
+        if self.grid_batch is None:  # nothing trained yet: the first images of the data
+            clean = self.data.as_float(self.data.images[:GRID_COLUMNS])
+            self.grid_batch = clean, self.noise(clean)
+        clean, noisy = self.grid_batch
+        _, recon = model.limiting_out(noisy)
         shots = pixels.mean(model.single_shot(GRID_COLUMNS)[1])
-        if self.chain is None:
-            self.chain = pixels.chain_start(GRID_COLUMNS, self.device)
-        _, out, self.chain = model.limiting_step(self.chain.to(self.device))
-        rows = [x, pixels.mean(recon), shots, *pixels.chain_rows(self.chain, pixels.mean(out))]
+        _, out, sample = model.limiting_step(self.chain)
+        rows = [noisy if pixels.grid_noisy_data else clean, pixels.mean(recon), shots,
+                *pixels.chain_rows(sample, pixels.mean(out))]
         save_grid(torch.cat(rows), self.files.image, nrow=GRID_COLUMNS)
 
     # --- loop -----------------------------------------------------------------
     def iteration(self) -> None:
-        x = self.noise(self.data.batch(self.args.bs))
+        """One learning step, its statistics, then one sampled step of the grid's chain."""
+        clean = self.data.batch(self.args.bs)
+        x = self.noise(clean)
         logs, logits = self.learner.step(x)
         for group, tracker in self.mi.items():
-            logs[mi_log_name(group)] = tracker.update(logits[group])
+            tracker.update(logits[group])
         self.means.update(logs)
+        with torch.no_grad():  # weights a finite loss left non-finite are caught when saving
+            _, out = self.model.limiting_out(self.chain)
+            self.chain = self.model.pixels.sample(out.nan_to_num())
+        self.grid_batch = clean[:GRID_COLUMNS].clone(), x[:GRID_COLUMNS].clone()
 
     def run(self, resumed: bool) -> int:
         args = self.args
@@ -259,7 +278,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
     folder = Path.cwd()
     files = RunFiles(folder, args.call_prefix)
     device = pick_device(args.device)
-    runtime.configure(device)
+    precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32))
     seed_everything(args.seed)
     model = model_cls(args.nz0, args.nz1)
 
@@ -307,7 +326,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
         if mode == "a" and files.log.stat().st_size and not _ends_with_newline(files.log):
             trainer.log_file.write("\n")  # a line cut short by a crash stays on its own line
         trainer.log(f"# {method} {model.experiment} {' '.join(sys.argv[1:] if argv is None else argv)}"
-                    f" (device {device}, torch {torch.__version__})")
+                    f" (device {device}, {precision}, torch {torch.__version__})")
         if note:
             trainer.log(note)
         previous = trainer.install_signal_handlers()

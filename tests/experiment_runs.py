@@ -63,6 +63,7 @@ def check_training(folder: Path, method: str, data_root: Path, names: tuple[str,
     log = folder / "logs" / f"log-{tag}.txt"
     lines = log.read_text().splitlines()
     assert lines[0].startswith(f"# {method} {folder.name} ")
+    assert "(device cpu, matmul tf32 off, torch " in lines[0]
     assert lines[-1] == "# finished at count 12"
     rows = parse_log(log)
     assert [r["count"] for r in rows] == [4, 8, 12]
@@ -77,7 +78,7 @@ def check_training(folder: Path, method: str, data_root: Path, names: tuple[str,
     assert stats == sorted(f"stat{g}-{tag}.txt" for g in mi_bits)
     for group, bits in mi_bits.items():
         values = [float(v) for v in (folder / "logs" / f"stat{group}-{tag}.txt").read_text().split()]
-        assert len(values) == bits and values == sorted(values, reverse=True)
+        assert len(values) == bits and values == sorted(values)  # ascending, as the authors
 
 
 def check_generate(folder: Path, method: str) -> None:
@@ -106,10 +107,12 @@ def check_generate_data(folder: Path, method: str, data_root: Path, binary: bool
             assert not grey, name  # thresholded at logit 0
         elif name == "images":
             assert grey  # the data keep their grey levels
-    for name in ("prior_z", "posterior_z", "limiting_z"):
-        codes = np.load(out / f"{name}.npy")
-        assert codes.shape == (n, TINY_NZ0 + TINY_NZ1) and codes.dtype == np.uint8
-        assert set(np.unique(codes)) <= {0, 1}
+    for kind in ("prior", "post", "lim"):
+        for layer, bits in ((0, TINY_NZ0), (1, TINY_NZ1)):
+            codes = np.load(out / f"z{layer}_{kind}.npy")
+            assert codes.shape == (n, bits) and codes.dtype == np.float32
+            assert set(np.unique(codes)) <= {0.0, 1.0}
+    assert not list(out.glob("*_z.npy"))
 
 
 def end_to_end(folder: Path, method: str, data_root: Path, names: tuple[str, ...],

@@ -84,16 +84,35 @@ def test_sampler_shapes_and_every_image_reachable():
     assert seen == set(range(50))
 
 
-def test_sampler_reshuffles_every_n_over_bs_iterations():
+def test_sampler_keeps_stored_order_then_reshuffles_before_every_period_th_batch():
+    """As the authors' get_batch: shuffle when count % (n // bs) == n // bs - 1, before drawing."""
     torch.manual_seed(1)
-    data = coded_data(40)
-    data.batch(10)
+    data = coded_data(40)  # period 40 // 10 = 4
+    for _ in range(3):  # counts 0, 1, 2: windows of the stored order
+        ids = data.batch(10)[:, 0, 0, 0].long()
+        assert torch.equal(ids, torch.arange(ids[0], ids[0] + 10))
+    assert data.perm is None
+    data.batch(10)  # count 3: reshuffled first
     first = data.perm.clone()
+    assert not torch.equal(first, torch.arange(40))
     for _ in range(3):
         data.batch(10)
-    assert torch.equal(first, data.perm)  # 4 = 40 // 10 iterations on one permutation
-    data.batch(10)
+    assert torch.equal(first, data.perm)  # counts 4..6 on one order
+    data.batch(10)  # count 7: a new permutation of the current order
     assert not torch.equal(first, data.perm)
+    assert sorted(data.perm.tolist()) == list(range(40))
+
+
+def test_sampler_window_start_excludes_n_minus_bs():
+    """NumPy's randint(n - bs): starts 0 .. n - bs - 1, so the last image of an order is never
+    in the window; with n - bs = 2 the starts are 0 and 1 only."""
+    torch.manual_seed(3)
+    data = coded_data(12)  # period 12 // 10 = 1: reshuffled before every batch
+    starts = set()
+    for _ in range(200):
+        ids = data.batch(10)[:, 0, 0, 0].long()
+        starts.add(int((data.perm == ids[0]).nonzero()))
+    assert starts == {0, 1}
 
 
 def test_sampler_state_round_trip():

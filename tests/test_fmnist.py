@@ -12,6 +12,7 @@ from torch import nn
 from symvae.experiment import load_model_class
 from symvae.learning import ElboLearner, SymmetricLearner
 from symvae.pixels import GaussianPixels
+from symvae.sampling import chain_start
 
 NZ0, NZ1, B = 5, 7, 4
 X = torch.rand(B, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -74,12 +75,12 @@ def test_sample_is_mean_plus_sigma_noise():
     torch.testing.assert_close(sample, mu + math.exp(-1.0) * torch.randn_like(mu))
 
 
-def test_export_clamps_means_and_chains_start_from_uniform_noise():
+def test_export_clamps_means_and_chains_start_from_uniform_noise(model):
     pixels = GaussianPixels()
     out = torch.tensor([-0.5, 0.25, 1.5]).view(1, 1, 1, 3)
     assert pixels.export(out).flatten().tolist() == [0.0, 0.25, 1.0]
     torch.manual_seed(6)
-    start = pixels.chain_start(200, torch.device("cpu"))
+    start = chain_start(model, HVAE.chain_start, 200)  # generate.py and the training grid
     assert start.shape == (200, 1, 28, 28)
     assert 0 <= start.min() and start.max() <= 1
     assert abs(start.mean().item() - 0.5) < 0.01 and abs(start.var().item() - 1 / 12) < 0.002

@@ -125,11 +125,11 @@ def test_read_log_warns_about_a_broken_line(tmp_path, line):
 
 def test_load_runs_reads_stats_and_names_a_missing_log(tmp_path):
     write_log(tmp_path, "a", ("ploss1", "pmi1"))
-    (tmp_path / "logs" / "statq0-a.txt").write_text("0.5\n0.25\n0\n")
+    (tmp_path / "logs" / "statq0-a.txt").write_text("0.5\n0.25\n0\n")  # an older, descending file
     (tmp_path / "logs" / "statq0-ab.txt").write_text("9\n")  # another tag's file
     (run,) = plot.load_runs(["a"], tmp_path)
     assert list(run.stats) == ["q0"]
-    np.testing.assert_allclose(run.stats["q0"], [0.5, 0.25, 0])
+    np.testing.assert_allclose(run.stats["q0"], [0, 0.25, 0.5])  # drawn ascending
     assert run.image is None
     with pytest.raises(FileNotFoundError, match=r"log-b.txt: no log for tag 'b'"):
         plot.load_runs(["a", "b"], tmp_path)

@@ -1,0 +1,43 @@
+"""Process settings: matrix products stay fp32 (PyTorch's and the authors' default) unless asked."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from symvae import runtime
+from symvae.cli import train_parser
+
+CUDA = torch.device("cuda")  # configure() only sets flags: no GPU is needed to check them
+
+
+@pytest.fixture
+def restore_backends():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark)
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+     torch.backends.cudnn.benchmark) = saved
+
+
+def test_cuda_matmul_tf32_is_off_by_default_and_convolutions_keep_pytorchs_default(
+        restore_backends):
+    torch.backends.cuda.matmul.allow_tf32 = True  # as a previous configuration left it
+    conv_default = torch.backends.cudnn.allow_tf32
+    applied = runtime.configure(CUDA)
+    assert torch.backends.cuda.matmul.allow_tf32 is False and applied["tf32"] is False
+    assert torch.backends.cudnn.allow_tf32 == conv_default
+    assert torch.backends.cudnn.benchmark is True
+    assert runtime.precision_note(applied) == "matmul tf32 off"
+
+
+def test_tf32_flag_opts_in(restore_backends):
+    args = train_parser("sym").parse_args(["--tf32"])
+    applied = runtime.configure(CUDA, tf32=args.tf32)
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert runtime.precision_note(applied) == "matmul tf32 on"
+    assert train_parser("sym").parse_args([]).tf32 is False
+
+
+def test_cpu_runs_report_fp32(restore_backends):
+    assert runtime.precision_note(runtime.configure(torch.device("cpu"), tf32=True)) == \
+        "matmul tf32 off"
