@@ -38,7 +38,7 @@ from symvae.convert import from_authors
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.model import HVAE
 from symvae.nets import IMAGE_SHAPE
-from symvae.stats import BitMI
+from symvae.stats import bit_trackers
 
 TOLERANCE = 1e-5
 MI_RANGE = math.log(2.0)  # the largest MI of one bit
@@ -109,7 +109,7 @@ def _figures_of_ours(model: HVAE, inputs: Figures, mi_start: dict | None) -> dic
     out["elbo loss"] = {"loss": loss.detach()}
     out["grad elbo"] = step(loss)
     if model.mi_names:  # symvae.stats keeps float32 statistics; so does the authors' model
-        trackers = {g: BitMI() for g in model.mi_names}
+        trackers = bit_trackers(model.mi_names, model.nz0, model.nz1)
         for group, tracker in trackers.items():
             if mi_start is not None:
                 tracker.load_state_dict(float32(mi_start[group]))

@@ -74,3 +74,9 @@ class BitMI:
     def load_state_dict(self, state: dict) -> None:
         if state.get("m") is not None:  # None: saved before the first update
             self.m, self.mi = state["m"], state["mi"]
+
+
+def bit_trackers(groups: tuple[str, ...], nz0: int, nz1: int,
+                 device: torch.device | str = "cpu") -> dict[str, BitMI]:
+    """One fresh BitMI per bit group ('p1', 'q0', 'q1': the digit names the latent layer)."""
+    return {g: BitMI(nz0 if g.endswith("0") else nz1, device) for g in groups}

@@ -35,7 +35,7 @@ from symvae.data import DeviceData
 from symvae.learning import LEARNERS, NonFinite
 from symvae.model import HVAE
 from symvae.sampling import chain_start, save_grid
-from symvae.stats import BitMI, RunningMeans
+from symvae.stats import RunningMeans, bit_trackers
 
 GRID_COLUMNS = 10
 MAX_CONSECUTIVE_SKIPS = 100
@@ -69,8 +69,7 @@ class Trainer:
         self.names = model.sym_names if method == "sym" else model.elbo_names
         self.noise = type(model).dataset.noise
         self.means = RunningMeans()
-        self.mi = {group: BitMI(model.nz0 if group.endswith("0") else model.nz1, device)
-                   for group in model.mi_names}
+        self.mi = bit_trackers(model.mi_names, model.nz0, model.nz1, device)
         self.count = 0
         self.elapsed = 0.0
         # the grid's running limiting chain, drawn from the training RNG as the authors draw it

@@ -12,7 +12,7 @@ from experiment_runs import TINY, TINY_NZ0, TINY_NZ1
 from symvae import checkpoint as ckpt_io
 from symvae.convert import from_authors, to_authors
 from symvae.experiment import EXPERIMENTS, load_model_class
-from symvae.stats import BitMI
+from symvae.stats import bit_trackers
 
 
 def their_names(experiment: str) -> set[str]:
@@ -41,10 +41,9 @@ def trained_state(experiment: str, seed: int = 0):
     for p in model.parameters():  # move log sigma and the biases off their initial values
         p.data.add_(0.01 * torch.randn_like(p))
     mi = {}
-    for group in model.mi_names:
-        tracker = BitMI()
+    for group, tracker in bit_trackers(model.mi_names, TINY_NZ0, TINY_NZ1).items():
         for _ in range(3):
-            tracker.update(torch.randn(8, TINY_NZ0 if group == "q0" else TINY_NZ1))
+            tracker.update(torch.randn(8, len(tracker.m)))
         mi[group] = tracker.state_dict()
     return model, mi
 
