@@ -4,13 +4,26 @@ generated_data/MODE/images/      the first --n data images (as the model sees th
 generated_data/MODE/sh_images/   as many single-shot images (random codes)
 generated_data/MODE/lim_images/  as many limiting images (chains of --chain_steps steps)
 generated_data/MODE/{prior,posterior,limiting}_z.npy   uint8 codes [n, nz0+nz1]
+generated_data/MODE/produced_by.json  the command, checkpoint and sizes that made the set
 PNG files are 8-bit grey `img_00000.png` ...; binary experiments save images
 thresholded at logit 0, grey ones the clamped means.
+
+A set is built in generated_data/.MODE.partial and renamed into place only when complete,
+so generated_data/MODE is always one whole run's output (or absent); a killed run leaves
+only the hidden staging folder, which the next run on MODE clears.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import json
 import os
+import shutil
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -23,17 +36,23 @@ from tqdm import tqdm
 
 from symvae import runtime
 from symvae.cli import (
+    SAMPLE_BYTES_PER_IMAGE,
+    Interrupted,
+    check_memory,
     check_model_args,
     check_tag,
     ensure_dirs,
+    fail,
     load_data,
     model_flags,
     pick_device,
     positive,
     seed_everything,
+    stop_on_signals,
 )
 from symvae.data import DeviceData
 from symvae.generate import load_trained
+from symvae.lock import Busy, RunLock
 from symvae.model import HVAE, Latents
 from symvae.png import write_grey
 from symvae.sampling import run_chain, to_uint8
@@ -46,7 +65,8 @@ class PngWriter:
     """Writes uint8 image chunks as PNG files from a pool of worker processes."""
 
     def __init__(self, workers: int):
-        self.pool = ProcessPoolExecutor(workers) if workers > 0 else None
+        self.pool = ProcessPoolExecutor(workers, initializer=_worker_start,
+                                        initargs=(os.getpid(),)) if workers > 0 else None
         self.pending: list = []
 
     def write(self, folder: Path, first: int, images: torch.Tensor) -> None:
@@ -60,10 +80,36 @@ class PngWriter:
                                                  pixels[i:i + step]))
 
     def close(self) -> None:
+        """Wait for every file; raises the first worker's error (e.g. OSError of a full disk)."""
         for future in self.pending:
             future.result()
         if self.pool is not None:
             self.pool.shutdown()
+
+    def abandon(self) -> None:
+        """Stop the workers after their current file, dropping what is still queued."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+def _worker_start(parent: int) -> None:
+    """A PNG worker ends with its parent, however the parent ends (even by kill -9)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except OSError:
+            pass
+
+    def watch() -> None:  # other systems, and a parent that died before prctl
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _codes(z: Latents) -> np.ndarray:
@@ -123,26 +169,81 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     check_tag(args.mode, "--mode")
     for flag in ("n", "chain_steps", "bs"):
         positive(f"--{flag}", getattr(args, flag))
+    if args.workers < 0:
+        fail(f"--workers {args.workers}: must be 0 (write in this process) or more")
     device = pick_device(args.device)
+    check_memory("--bs", args.bs, SAMPLE_BYTES_PER_IMAGE, device)
     runtime.configure(device)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     data = load_data(model_cls.dataset, args.data_root, device)
     n = min(args.n, len(data))
-    out = Path.cwd() / "generated_data" / args.mode
-    ensure_dirs(out, SETS)
+    base = Path.cwd() / "generated_data"
+    out = base / args.mode
+    ensure_dirs(Path.cwd(), ("generated_data",))
+    if out.exists() and not out.is_dir():
+        fail(f"{out} is a file, but the image sets go there; move it away or pick another --mode")
+    try:
+        lock = RunLock(base / f".{args.mode}.lock").acquire()
+    except Busy as busy:
+        fail(f"--mode {args.mode}: {out} is being written by a running process (PID {busy.pid}); "
+             "wait for it to end, stop it, or pick another --mode")
+    previous = stop_on_signals()
+    stage = base / f".{args.mode}.partial"
+    try:
+        for leftover in (stage, base / f".{args.mode}.old"):  # of a run that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
+        write_sets(model, data, n, args, stage)
+        publish(stage, out)
+    except Interrupted as stop:
+        shutil.rmtree(stage, ignore_errors=True)
+        print(f"{stop}: stopped; {out} is as it was before this run", file=sys.stderr)
+        return stop.code
+    except OSError as err:
+        shutil.rmtree(stage, ignore_errors=True)
+        fail(f"cannot write {err.filename or 'an image file'} ({err.strerror or err}); {out} is "
+             "as it was before this run. Free space or fix permissions and run again", code=4)
+    finally:
+        lock.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"wrote {n} images to each of {', '.join(str(out / s) for s in SETS)}")
+    return 0
+
+
+def write_sets(model: HVAE, data: DeviceData, n: int, args: argparse.Namespace,
+               stage: Path) -> None:
+    """The three PNG sets, the latent codes and produced_by.json, all into `stage`."""
+    for name in SETS:
+        (stage / name).mkdir(parents=True)
     codes = {name: [] for name in CODES}
     writer = PngWriter(args.workers)
     bar = tqdm(total=n * (args.chain_steps + 2), unit="img", desc="generate_data")
-    for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
-        writer.write(out / "images", chunk.first, chunk.data)
-        writer.write(out / "sh_images", chunk.first, chunk.shot)
-        writer.write(out / "lim_images", chunk.first, chunk.limiting)
-        for name in CODES:
-            codes[name].append(_codes(getattr(chunk, name)))
-    writer.close()
-    bar.close()
+    try:
+        for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
+            writer.write(stage / "images", chunk.first, chunk.data)
+            writer.write(stage / "sh_images", chunk.first, chunk.shot)
+            writer.write(stage / "lim_images", chunk.first, chunk.limiting)
+            for name in CODES:
+                codes[name].append(_codes(getattr(chunk, name)))
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        bar.close()
     for name, parts in codes.items():
-        np.save(out / f"{name}.npy", np.concatenate(parts))
-    print(f"wrote {n} images to each of {', '.join(str(out / s) for s in SETS)}")
-    return 0
+        np.save(stage / f"{name}.npy", np.concatenate(parts))
+    record = {"experiment": model.experiment, "checkpoint": f"models/m_{args.call_prefix}.pt",
+              "flags": vars(args), "images_per_set": n,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    (stage / "produced_by.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def publish(stage: Path, out: Path) -> None:
+    """Put the complete set `stage` where `out` is: the old set is moved aside, then removed."""
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        os.rename(out, old)
+    os.rename(stage, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -87,7 +87,12 @@ def inception_features(device: torch.device) -> Features:
         raise FileNotFoundError(f"{weights_path()}: pytorch-fid's Inception weights are missing; "
                                 "run `python -m symvae.data fetch inception`")
     from pytorch_fid.inception import InceptionV3
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[POOL3]]).to(device).eval()
+    try:
+        net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[POOL3]]).to(device).eval()
+    except (RuntimeError, EOFError, ValueError, OSError) as err:  # a truncated or foreign file
+        raise FileNotFoundError(f"{weights_path()}: pytorch-fid's Inception weights are damaged "
+                                f"({type(err).__name__}); delete the file and run `python -m "
+                                "symvae.data fetch inception`") from None
     fmt = torch.channels_last if device.type == "cpu" and CHANNELS_LAST_ON_CPU \
         else torch.contiguous_format
     net = net.to(memory_format=fmt)
@@ -162,9 +167,13 @@ def data_statistics(dataset: Dataset, data: DeviceData, n: int, cache_dir: Path,
     images = data.images[:n]
     digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()
     if path.is_file():
-        with np.load(path) as f:
-            if "digest" in f.files and str(f["digest"]) == digest:
-                return f["mu"], f["sigma"]
+        try:
+            with np.load(path) as f:
+                if "digest" in f.files and str(f["digest"]) == digest:
+                    return f["mu"], f["sigma"]
+        except Exception as err:  # noqa: BLE001 - a damaged cache is computed afresh
+            print(f"{path}: unreadable cached statistics ({type(err).__name__}); computing them "
+                  "again", file=sys.stderr)
     bar = tqdm(total=n, unit="img", desc=f"data statistics {name}", disable=not progress)
     step = max(bs, 1000)
     mu, sigma = image_statistics((data.as_float(images[i:i + step]) for i in range(0, n, step)),
@@ -247,6 +256,7 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
         fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
     check_results(folder)
     device = pick_device(args.device)
+    load_trained(model_cls, args, device)  # refuse a missing or bad model before Inception
     if features is None:  # built before seeding: building modules draws random numbers
         try:
             features = inception_features(device)

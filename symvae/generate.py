@@ -14,6 +14,8 @@ from symvae import checkpoint as ckpt_io
 from symvae import runtime
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
+    SAMPLE_BYTES_PER_IMAGE,
+    check_memory,
     check_model_args,
     ensure_dirs,
     fail,
@@ -51,6 +53,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     positive("--n", args.n)
     positive("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
+    check_memory("--n", args.n, SAMPLE_BYTES_PER_IMAGE, device)
     runtime.configure(device)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
