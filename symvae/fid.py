@@ -89,7 +89,7 @@ def inception_features(device: torch.device) -> Features:
     from pytorch_fid.inception import InceptionV3
     try:
         net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[POOL3]]).to(device).eval()
-    except (RuntimeError, EOFError, ValueError, OSError) as err:  # a truncated or foreign file
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file, however torch says it
         raise FileNotFoundError(f"{weights_path()}: pytorch-fid's Inception weights are damaged "
                                 f"({type(err).__name__}); delete the file and run `python -m "
                                 "symvae.data fetch inception`") from None

@@ -127,8 +127,11 @@ class Trainer:
 
     # --- outputs --------------------------------------------------------------
     def log(self, line: str) -> None:
-        self.log_file.write(line + "\n")
-        self.log_file.flush()
+        try:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+        except OSError as err:  # name the log: a failed write does not
+            raise OSError(err.errno, err.strerror, str(self.files.log)) from err
 
     def log_values(self) -> dict[str, float]:
         values = self.means.read()

@@ -64,9 +64,12 @@ def train_run(folder: Path, data: Path, *argv: str, monkeypatch, method: str = "
 
 
 def tree(folder: Path) -> dict[str, str]:
-    """Every file's SHA-256 and every folder, relative to `folder`."""
-    return {str(path.relative_to(folder)):
-            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+    """Every file's SHA-256, every folder and link, relative to `folder`."""
+    def digest(path: Path) -> str:
+        if path.is_symlink():
+            return f"link to {os.readlink(path)}"
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+    return {str(path.relative_to(folder)): digest(path)
             for path in sorted(folder.rglob("*")) if "__pycache__" not in path.parts}
 
 
