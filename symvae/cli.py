@@ -9,6 +9,7 @@ import argparse
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -48,6 +49,21 @@ def stop_on_signals() -> dict:
     def handler(signum, frame):
         raise Interrupted(signum)
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def interruptible(command: Callable[[], int]) -> int:
+    """Run a command with Ctrl-C and SIGTERM ending it by one line and 128 + the signal's
+    number (130, 143) instead of a traceback; the caller's handlers are put back after."""
+    previous = stop_on_signals()
+    try:
+        return command()
+    except Interrupted as stop:
+        print(f"{stop}: stopped; files written before are complete (each is replaced whole)",
+              file=sys.stderr)
+        return stop.code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def positive(flag: str, value: int) -> int:

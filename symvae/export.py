@@ -43,12 +43,12 @@ from symvae.cli import (
     check_tag,
     ensure_dirs,
     fail,
+    interruptible,
     load_data,
     model_flags,
     pick_device,
     positive,
     seed_everything,
-    stop_on_signals,
 )
 from symvae.data import DeviceData
 from symvae.generate import load_trained
@@ -153,6 +153,11 @@ def image_chunks(model: HVAE, data: DeviceData, n: int, bs: int, chain_steps: in
 
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
+    """Entry point of generate_data.py; Ctrl-C or SIGTERM stop it with 130 or 143."""
+    return interruptible(lambda: _main(model_cls, argv))
+
+
+def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description="Write image sets for FID.")
     model_flags(parser)
     parser.add_argument("--mode", required=True,
@@ -188,7 +193,6 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     except Busy as busy:
         fail(f"--mode {args.mode}: {out} is being written by a running process (PID {busy.pid}); "
              "wait for it to end, stop it, or pick another --mode")
-    previous = stop_on_signals()
     stage = base / f".{args.mode}.partial"
     try:
         for leftover in (stage, base / f".{args.mode}.old"):  # of a run that was killed
@@ -205,8 +209,6 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
              "as it was before this run. Free space or fix permissions and run again", code=4)
     finally:
         lock.release()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     print(f"wrote {n} images to each of {', '.join(str(out / s) for s in SETS)}")
     return 0
 

@@ -32,6 +32,7 @@ from symvae import checkpoint as ckpt_io
 from symvae.cli import (
     check_model_args,
     fail,
+    interruptible,
     load_data,
     model_flags,
     pick_device,
@@ -242,7 +243,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, features: Features | None = None) -> int:
-    """The score command; `features` replaces the Inception network (tests)."""
+    """The score command; `features` replaces the Inception network (tests).
+    Ctrl-C or SIGTERM stop it with 130 or 143, before a row is appended."""
+    return interruptible(lambda: score(argv, features))
+
+
+def score(argv: list[str] | None, features: Features | None) -> int:
+    """main() without its signal handling."""
     args = parser().parse_args(argv)
     folder = Path.cwd()
     try:

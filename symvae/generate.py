@@ -19,6 +19,7 @@ from symvae.cli import (
     check_model_args,
     ensure_dirs,
     fail,
+    interruptible,
     model_flags,
     pick_device,
     positive,
@@ -43,6 +44,11 @@ def load_trained(model_cls: type[HVAE], args: argparse.Namespace,
 
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
+    """Entry point of generate.py; Ctrl-C or SIGTERM stop it with 130 or 143."""
+    return interruptible(lambda: _main(model_cls, argv))
+
+
+def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description="Generate sample grids from a trained model.")
     model_flags(parser)
     parser.add_argument("--n", type=int, default=40, help="images per grid (10 per row)")

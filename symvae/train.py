@@ -27,6 +27,7 @@ from symvae.cli import (
     check_train_args,
     ensure_dirs,
     fail,
+    interruptible,
     load_data,
     pick_device,
     seed_everything,
@@ -276,6 +277,10 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
     SIGINT (130) or SIGTERM (143) after saving; refusals exit 2, divergence 3, a failed
     write 4 (see symvae.cli.fail).
     """
+    return interruptible(lambda: _main(model_cls, method, argv))
+
+
+def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
     args = train_parser(method).parse_args(argv)
     check_train_args(args)
     folder = Path.cwd()
