@@ -289,11 +289,16 @@ def score(argv: list[str] | None, features: Features | None) -> int:
     label = f"{method}/{args.call_prefix}" if method else args.call_prefix
     print("| method/tag | random code FID | limiting FID |\n| --- | --- | --- |")
     print(f"| {label} | {fids[0]:.4f} | {fids[1]:.4f} |")
-    append_results(folder, {
+    record = {
         "label": label, "tag": args.call_prefix, "method": method,
         "experiment": model.experiment, "random_code_fid": fids[0], "limiting_fid": fids[1],
         "n": n, "chain_steps": args.chain_steps, "bs": args.bs, "seed": args.seed,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    try:
+        append_results(folder, record)
+    except OSError as err:
+        fail(f"cannot write {err.filename or 'the results'} ({err.strerror or err}); the row is "
+             "printed above. Free space or fix permissions to keep it", code=4)
     print(f"appended to {folder / RESULTS[0]} and {folder / RESULTS[1]}")
     return 0
 

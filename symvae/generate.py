@@ -66,8 +66,12 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     folder = Path.cwd()
     ensure_dirs(folder, ("images",))
     tag = args.call_prefix
-    save_grid(single_shot(model, args.n), folder / "images" / f"generated_sh_{tag}.png")
-    save_grid(limiting(model, args.n, args.chain_steps),
-              folder / "images" / f"generated_sta_{tag}.png")
+    try:
+        save_grid(single_shot(model, args.n), folder / "images" / f"generated_sh_{tag}.png")
+        save_grid(limiting(model, args.n, args.chain_steps),
+                  folder / "images" / f"generated_sta_{tag}.png")
+    except OSError as err:  # each grid is written whole or not at all
+        fail(f"cannot write {err.filename or 'a grid'} ({err.strerror or err}); free space or fix "
+             "the permissions of images/ and run again", code=4)
     print(f"wrote images/generated_sh_{tag}.png and images/generated_sta_{tag}.png")
     return 0

@@ -123,17 +123,23 @@ def little_memory(folder: Path, data: Path, mp) -> None:
     mp.setattr(cli, "available_memory", lambda device: 8e9)
 
 
-def full_models_disk(folder: Path, data: Path, mp) -> None:
-    """The first checkpoint fits; every later write into models/ meets a full disk (ENOSPC)."""
-    real, writes = open, []
+def full_disk(under: str, fits: int = 0) -> Setup:
+    """After `fits` files, every file written whole into a folder named `under` meets a full
+    disk: the write goes to /dev/full, which answers ENOSPC."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        real, writes = open, []
 
-    def open_full(path, mode="r", *args, **kwargs):
-        if "models" in str(path) and "w" in mode:
-            writes.append(path)
-            if len(writes) > 1:
-                return real("/dev/full", mode, *args, **kwargs)
-        return real(path, mode, *args, **kwargs)
-    mp.setattr(ckpt_io, "open", open_full, raising=False)
+        def open_full(path, mode="r", *args, **kwargs):
+            if under in Path(path).parts and "w" in mode:
+                writes.append(path)
+                if len(writes) > fits:
+                    return real("/dev/full", mode, *args, **kwargs)
+            return real(path, mode, *args, **kwargs)
+        mp.setattr(ckpt_io, "open", open_full, raising=False)
+    return setup
+
+
+full_models_disk = full_disk("models", fits=1)  # the checkpoint at count 0 fits
 
 
 def full_logs_disk(folder: Path, data: Path, mp) -> None:
@@ -207,6 +213,11 @@ CASES = [
     Case("full disk under logs/", ("main_sym.py", "--call_prefix", "0", "--load_prefix", "0",
                                    "--niterations", "4"),
          4, "log-0.txt (No space left on device)", full_logs_disk),
+    Case("full disk, generate.py", ("generate.py", "--call_prefix", "0"),
+         4, "generated_sh_0.png (No space left on device)", full_disk("images")),
+    Case("full disk, FID results", ("symvae.fid", "--call_prefix", "0"),
+         4, "fid_results.json (No space left on device)", full_disk("mnist-ladder"),
+         changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz",), lines=2),
     Case("zero-byte checkpoint, training", ("main_sym.py", "--load_prefix", "z", "--call_prefix",
                                             "n", "--niterations", "3"),
          2, "m_z.pt: not a readable checkpoint (EOFError: empty file)", zero_byte),
@@ -219,6 +230,19 @@ CASES = [
     Case("negative seed", ("main_sym.py", "--call_prefix", "n", "--seed", "-1"), 2, "--seed -1"),
     Case("seed above 2^32-1", ("generate.py", "--call_prefix", "0", "--seed", str(2**32)),
          2, f"--seed {2**32}: must be between 0 and {2**32 - 1}"),
+    Case("--log_period 0", ("main_sym.py", "--call_prefix", "n", "--log_period", "0"),
+         2, "--log_period 0: must be a positive number"),
+    Case("--save_period 0", ("main_elbo.py", "--call_prefix", "n", "--save_period", "0"),
+         2, "--save_period 0: must be a positive number"),
+    Case("--chain_steps 0", ("generate.py", "--call_prefix", "0", "--chain_steps", "0"),
+         2, "--chain_steps 0: must be a positive number"),
+    Case("generate_data.py --n 0", ("generate_data.py", "--call_prefix", "0", "--n", "0"),
+         2, "--n 0: must be a positive number"),
+    Case("bad --mode", ("generate_data.py", "--call_prefix", "0", "--mode", "../x"),
+         2, "--mode '../x': use letters, digits"),
+    Case("--device mps where there is none", ("main_sym.py", "--call_prefix", "n", "--device",
+                                              "mps"),
+         2, "--device mps: MPS is not available here"),
     Case("--device meta", ("main_sym.py", "--call_prefix", "n", "--device", "meta"),
          2, "--device 'meta': not a device symvae runs on"),
     Case("--device xpu", ("generate.py", "--call_prefix", "0", "--device", "xpu"),
@@ -331,8 +355,9 @@ def test_refusal(case: Case, template, tmp_path, monkeypatch, capsys):
     assert code == case.code, err
     assert "Traceback" not in err
     assert len(lines) == case.lines, err
-    first = next(line for line in lines if "statistics" in line or line.startswith("error: ")) \
-        if case.code == 0 else lines[0]
+    # a refusal or failure is the last line, after any notices; a success's notice is the first
+    first = lines[-1] if case.code in (2, 3, 4) else lines[0]
+    assert case.code not in (2, 3, 4) or sum(line.startswith("error: ") for line in lines) == 1
     assert case.code not in (2, 3, 4) or first.startswith("error: "), err
     assert case.line in first, err
     assert not any(word in first for word in case.not_in_line), first
