@@ -74,7 +74,14 @@ def template(tmp_path_factory) -> Path:
 
 
 def workspace(template: Path, dest: Path) -> Path:
-    shutil.copytree(template, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    """A copy of the template; checkpoints are hard links (every write replaces them whole)."""
+    def copy(src: str, dst: str) -> None:
+        if src.endswith(".pt"):
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+    shutil.copytree(template, dest, copy_function=copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
@@ -394,6 +401,7 @@ def scripts(folder: Path) -> None:
         shutil.copy(path, folder)
 
 
+@pytest.mark.slow  # three interpreters start torch: about a minute on a busy 2-core machine
 def test_second_process_on_a_tag_is_refused_with_the_first_ones_pid(template, tmp_path):
     root = workspace(template, tmp_path / "ws")
     folder, data = root / "mnist-ladder", root / "data"
