@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, write_dataset
-from test_reliability import HVAE, SMALL, Crafted, tree
+from test_reliability import HVAE, SMALL, Crafted, one_thread, tree  # noqa: F401 - a fixture
 
 from symvae import checkpoint as ckpt_io
 from symvae import cli, export, fid, generate, plot, train
@@ -45,14 +45,6 @@ class Case:
     not_in_line: tuple[str, ...] = ()
     changes: tuple[str, ...] = ()  # files of the workspace the command may change
     lines: int = 1  # lines on stderr
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
