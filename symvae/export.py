@@ -221,19 +221,33 @@ def write_sets(model: HVAE, data: DeviceData, n: int, args: argparse.Namespace,
     codes = {name: [] for name in CODES}
     writer = PngWriter(args.workers)
     bar = tqdm(total=n * (args.chain_steps + 2), unit="img", desc="generate_data")
+    # a signal only marks the stop, which is raised between image steps: raised inside the
+    # pool's own code it could leave a lock held and the shutdown waiting for ever
+    signals: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: signals.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def progress(k: int) -> None:
+        bar.update(k)
+        if signals:
+            raise Interrupted(signals[0])
     try:
-        for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
+        for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, progress):
             writer.write(stage / "images", chunk.first, chunk.data)
             writer.write(stage / "sh_images", chunk.first, chunk.shot)
             writer.write(stage / "lim_images", chunk.first, chunk.limiting)
             for name in CODES:
                 codes[name].append(_codes(getattr(chunk, name)))
+            progress(0)
         writer.close()
+        progress(0)
     except BaseException:
         writer.abandon()
         raise
     finally:
         bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for name, parts in codes.items():
         np.save(stage / f"{name}.npy", np.concatenate(parts))
     record = {"experiment": model.experiment, "checkpoint": f"models/m_{args.call_prefix}.pt",

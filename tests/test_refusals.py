@@ -433,11 +433,10 @@ def generated(folder: Path) -> dict[str, int]:
     return counts
 
 
-def test_generate_data_replaces_a_set_whole_and_survives_kills(template, tmp_path, monkeypatch,
-                                                               capsys):
+def test_generate_data_replaces_a_set_whole_and_ctrl_c_keeps_it(template, tmp_path,
+                                                                monkeypatch, capsys):
     root = workspace(template, tmp_path / "ws")
     folder, data = root / "mnist-ladder", root / "data"
-    scripts(folder)
     flags = [*NZ, "--call_prefix", "0", "--mode", "m", "--chain_steps", "1", "--data_root",
              str(data), "--workers", "0"]
     monkeypatch.chdir(folder)
@@ -459,22 +458,46 @@ def test_generate_data_replaces_a_set_whole_and_survives_kills(template, tmp_pat
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"SIGINT: stopped; {folder / 'generated_data' / 'm'} is as it was before this run"
     assert tree(folder / "generated_data") == complete
-    monkeypatch.undo()
 
-    # kill -9 with two PNG workers: the workers end too, the set is untouched, a rerun is whole
-    proc = subprocess.Popen([sys.executable, "generate_data.py", *flags[:-1], "2", "--n", "128",
-                             "--bs", "2", "--chain_steps", "20"], cwd=folder, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    workers = wait_for_children(proc.pid, 2)
-    proc.kill()
-    proc.wait(timeout=60)
-    deadline = time.time() + 30
-    while any(Path(f"/proc/{w}").exists() for w in workers) and time.time() < deadline:
-        time.sleep(0.1)
-    alive = [w for w in workers if _alive(w)]
-    for w in alive:  # do not leave them behind when the check fails
-        os.kill(w, signal.SIGKILL)
-    assert not alive, f"PNG workers {alive} outlived their parent"
+
+@pytest.mark.slow  # interpreters that start torch and a pool: about a minute on a busy machine
+def test_generate_data_workers_end_with_it_and_a_rerun_is_whole(template, tmp_path,
+                                                                monkeypatch):
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    scripts(folder)
+    flags = [*NZ, "--call_prefix", "0", "--mode", "m", "--chain_steps", "1", "--data_root",
+             str(data), "--workers", "0"]
+    monkeypatch.chdir(folder)
+    assert export.main(HVAE, [*flags, "--n", "4"]) == 0
+    complete = tree(folder / "generated_data")
+
+    # SIGTERM, then kill -9, with two PNG workers: the workers end too, the set is untouched
+    def start_and(stop: Callable[[subprocess.Popen], None]) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "generate_data.py", *flags[:-1], "2", "--n",
+                                 "128", "--bs", "2", "--chain_steps", "20"], cwd=folder,
+                                env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        workers = wait_for_children(proc.pid, 2)
+        stop(proc)
+        proc.wait(timeout=60)
+        deadline = time.time() + 30
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        alive = [w for w in workers if _alive(w)]
+        for w in alive:  # do not leave them behind when the check fails
+            os.kill(w, signal.SIGKILL)
+        assert not alive, f"PNG workers {alive} outlived their parent"
+        return proc
+
+    proc = start_and(subprocess.Popen.terminate)
+    err = proc.stderr.read()
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith("SIGTERM: stopped; "
+                                                 f"{folder / 'generated_data' / 'm'} is as it "
+                                                 "was before this run"), err
+    assert tree(folder / "generated_data") == complete
+    start_and(subprocess.Popen.kill)
     left = tree(folder / "generated_data")
     assert {k: v for k, v in left.items() if not k.startswith(".m.")} == complete  # hidden:
     assert {k.split("/")[0] for k in left if k.startswith(".m.")} <= {".m.partial", ".m.lock"}
