@@ -115,11 +115,7 @@ class Trainer:
                 tracker.load_state_dict(ckpt_io.to_device(ckpt["mi"][group], self.device))
         self.data.load_state_dict(ckpt["sampler"])
         self.chain = ckpt.get("chain")
-        want = self.model.pixels.chain_start(GRID_COLUMNS, torch.device("cpu")).shape
-        if self.chain is not None and (not isinstance(self.chain, torch.Tensor)
-                                       or self.chain.shape != want):
-            shape = tuple(getattr(self.chain, "shape", ()))
-            raise ValueError(f"its image-grid chain has shape {shape}, expected {tuple(want)}")
+        check_chain(self.chain, (GRID_COLUMNS, *self.data.images.shape[1:]))
         ckpt_io.set_rng_state(ckpt["rng"])
         old = ckpt.get("args", {}).get("stepsize", self.args.stepsize)
         change = f"; --stepsize {old:g} -> {self.args.stepsize:g}" \
@@ -358,6 +354,13 @@ def _train(model: HVAE, method: str, data: DeviceData, files: RunFiles, args,
             trainer.log_file.close()
         except OSError:
             pass  # the lines it could not flush were reported by write_failed
+
+
+def check_chain(chain: object, shape: tuple[int, ...]) -> None:
+    """ValueError unless a checkpoint's grid chain is None or a batch of `shape` images."""
+    if chain is not None and (not isinstance(chain, torch.Tensor) or chain.shape != shape):
+        raise ValueError(f"its image-grid chain has shape {tuple(getattr(chain, 'shape', ()))}, "
+                         f"expected {shape}")
 
 
 def check_outputs(files: RunFiles, model: HVAE) -> None:

@@ -520,9 +520,9 @@ def wait_for_children(pid: int, n: int) -> list[int]:
     deadline = time.time() + 120
     while time.time() < deadline:
         kids = []
-        for task in Path(f"/proc/{pid}/task").glob("*"):
+        for thread in Path(f"/proc/{pid}/task").glob("*"):
             try:
-                kids += [int(k) for k in (task / "children").read_text().split()]
+                kids += [int(k) for k in (thread / "children").read_text().split()]
             except OSError:
                 pass
         if len(kids) >= n:

@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints, exact resume, signals, divergence and hostile input (issue: reliability).
+"""Crash-safe checkpoints, exact resume, signals, divergence and hostile input.
 
 Most cases call the entry points in-process (fast, and SystemExit carries the exit status);
 the kill -9 and SIGTERM cases run real subprocesses.
