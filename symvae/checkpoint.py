@@ -8,7 +8,9 @@ never unpickles code (weights_only=True).
 """
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -36,6 +38,8 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # name the file the user knows, not the temporary one
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -50,7 +54,14 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save(path: Path, state: dict) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    """torch.save `state` to `path` atomically.
+
+    Serialised in memory first: torch reports a failed file write (a full disk) as a
+    RuntimeError without errno, while a plain write raises the OSError that says why.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def rng_state() -> dict:
@@ -102,19 +113,60 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
                               "and that you run inside the experiment folder that trained it")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not _calls_code(path):
+            raise CheckpointError(_unreadable(path, err)) from None
+        raise CheckpointError(f"{path}: refused, because loading it could run code (it holds "
+                              "pickled objects other than tensors and plain values); a symvae "
+                              "checkpoint never does. Retrain or pick another tag") from None
+    except PermissionError:
+        raise CheckpointError(f"{path}: permission denied; make it readable") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200]}); the file may be truncated "
-                              "or not a symvae/PyTorch checkpoint — retrain or pick another tag")
+        raise CheckpointError(_unreadable(path, err)) from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         missing = [k for k in REQUIRED_KEYS if k not in obj]
         if missing or not isinstance(obj["model"], dict):
             raise CheckpointError(f"{path}: a damaged checkpoint (no {', '.join(missing) or 'model'}"
                                   "); retrain or pick another tag")
+        count = obj["count"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise CheckpointError(f"{path}: a damaged checkpoint (count {count!r} is not an "
+                                  "iteration count); retrain or pick another tag")
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"format": None, "model": obj}
     raise CheckpointError(f"{path}: holds no model state dict; pick a models/m_TAG.pt file")
+
+
+def _calls_code(path: Path) -> bool:
+    """Whether the pickle in a file (plain, or a torch zip's data.pkl) imports or calls anything.
+
+    Asked only after the weights-only loader refused it: a pickle that does is refused for
+    the code it could run; one that does not is simply unreadable.
+    """
+    import pickletools
+    import zipfile
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+                data = z.read(name)
+        else:
+            data = path.read_bytes()
+        return any(op.name in CALLING_OPCODES for op, _, _ in pickletools.genops(data))
+    except Exception:  # noqa: BLE001 - not even a pickle
+        return False
+
+
+# pickle opcodes that import a name or call one
+CALLING_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    first = (str(err).strip().splitlines() or ["empty file" if path.stat().st_size == 0
+                                                else "no details"])[0]
+    return (f"{path}: not a readable checkpoint ({type(err).__name__}: {first[:120]}); the file "
+            "may be truncated or not a symvae/PyTorch checkpoint — retrain or pick another tag")
 
 
 def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
@@ -142,6 +194,9 @@ def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
                               f"({experiment}; e.g. missing {missing}); is it from another "
                               "experiment folder?")
     for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: {name} is not a tensor; the file is damaged — retrain "
+                                  "or pick another tag")
         if tensor.shape != own[name].shape:
             sizes = _guess_sizes(state)
             hint = (f"the file was trained with other sizes: {sizes}"
@@ -150,6 +205,10 @@ def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
             raise CheckpointError(
                 f"{path}: {name} has shape {tuple(tensor.shape)}, the model expects "
                 f"{tuple(own[name].shape)}; {hint}")
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the model "
+                                  "diverged or the file is damaged — use an earlier checkpoint "
+                                  "or retrain")
 
 
 def _guess_sizes(state: dict) -> str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,11 +17,53 @@ import torch
 
 MAX_BITS = 4096  # far beyond the paper's 50/200; guards against typos like 30000
 MAX_BATCH = 1 << 16
+MAX_STEPSIZE = 0.01  # 100x the paper's 1e-4; Adam at such rates only diverges
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+# Peak memory of one training iteration per image of the batch, measured on the CPU
+# (max RSS at --bs 256 and 2048, fmnist-ladder symmetric, the largest: 1.37 MB per image),
+# rounded up; plus what the process holds before the first batch.
+TRAIN_BYTES_PER_IMAGE = 1.5e6
+# Sampling without gradients, per image side by side: max RSS of fmnist-ladder's generate.py
+# at --n 100 and 4100 differs by 0.64 MB per image; rounded up.
+SAMPLE_BYTES_PER_IMAGE = 0.7e6
+BASE_BYTES = 1.5e9
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; `code` is the conventional exit status 128 + signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def stop_on_signals() -> dict:
+    """Turn SIGINT and SIGTERM into Interrupted, so the command cleans up and says one line;
+    returns the previous handlers."""
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def interruptible(command: Callable[[], int]) -> int:
+    """Run a command with Ctrl-C and SIGTERM ending it by one line and 128 + the signal's
+    number (130, 143) instead of a traceback; the caller's handlers are put back after."""
+    previous = stop_on_signals()
+    try:
+        return command()
+    except Interrupted as stop:
+        print(f"{stop}: stopped; files written before are complete (each is replaced whole)",
+              file=sys.stderr)
+        return stop.code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def positive(flag: str, value: int) -> int:
@@ -38,11 +82,36 @@ def non_negative(flag: str, value: int) -> int:
 
 def load_data(dataset, data_root: str | None, device: torch.device):
     """The experiment's data set on `device` (fetched once if missing), or one clear error line."""
-    from symvae.data import DataMissing
+    from symvae.data import DataError
     try:
         return dataset.load(data_root, device)
-    except DataMissing as err:
+    except DataError as err:
         fail(str(err))
+
+
+def available_memory(device: torch.device) -> float | None:
+    """Bytes free for new allocations on `device` (None when unknown)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(flag: str, value: int, per_item: float, device: torch.device,
+                 base: float = BASE_BYTES) -> None:
+    """Fail when `value` items of `per_item` bytes each (an estimate) cannot fit on `device`."""
+    free = available_memory(device)
+    need = base + value * per_item
+    if free is not None and need > free:
+        fit = max(int((free - base) // per_item), 0)
+        fail(f"{flag} {value}: needs about {need / 1e9:.1f} GB but {free / 1e9:.1f} GB are free "
+             f"on {device}; use {flag} {fit} or less")
 
 
 def model_flags(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +161,8 @@ def check_model_args(args: argparse.Namespace) -> None:
         if not 1 <= value <= MAX_BITS:
             fail(f"--{flag} {value}: must be a number of bits between 1 and {MAX_BITS} "
                  "(the README uses --nz0 30 --nz1 100)")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        fail(f"--seed {args.seed}: must be between 0 and {MAX_SEED} (or leave it out)")
 
 
 def check_train_args(args: argparse.Namespace) -> None:
@@ -100,8 +171,9 @@ def check_train_args(args: argparse.Namespace) -> None:
         check_tag(args.load_prefix, "--load_prefix")
     if not 1 <= args.bs <= MAX_BATCH:
         fail(f"--bs {args.bs}: must be between 1 and {MAX_BATCH} (default 1024)")
-    if not (args.stepsize > 0 and args.stepsize < 1):
-        fail(f"--stepsize {args.stepsize}: must be a positive learning rate below 1 (e.g. 1e-4)")
+    if not (args.stepsize > 0 and args.stepsize <= MAX_STEPSIZE):
+        fail(f"--stepsize {args.stepsize}: must be a positive learning rate of at most "
+             f"{MAX_STEPSIZE:g} (the paper uses 1e-4)")
     if args.niterations is not None and args.niterations < 1:
         fail(f"--niterations {args.niterations}: must be a positive number of iterations "
              "(or leave it out to run until stopped)")
@@ -123,7 +195,9 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        fail(f"--device {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        fail(f"--device {name!r}: not a device symvae runs on; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         fail(f"--device {name}: CUDA is not available here; use --device cpu or auto")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():

@@ -6,6 +6,7 @@ fetch [mnist] [fmnist] [inception]` fetches and verifies them (see symvae.fetch)
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -20,8 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FETCH_NAMES = {"MNIST": "mnist", "FashionMNIST": "fmnist"}
 
 
-class DataMissing(RuntimeError):
+class DataError(RuntimeError):
+    """A dataset that cannot be used; the message names the file or folder and the fix."""
+
+
+class DataMissing(DataError):
     """The dataset is not under the data root and could not be fetched."""
+
+
+# The custom route: a raw folder may carry its own checksums (`md5sum` output) for data
+# that are not the official files, e.g. small synthetic sets.
+CHECKSUMS_FILE = "MD5SUMS"
+# md5 of each raw file, remembered against its size and modification time
+DIGEST_CACHE = ".verified.json"
+IMAGE_BYTES = 28 * 28
+OFFICIAL_COUNTS = {"train": 60000, "t10k": 10000}
 
 
 def default_data_root() -> Path:
@@ -66,8 +80,13 @@ class Dataset:
     def load(self, root: Path | None, device: torch.device, fetch: bool = True) -> DeviceData:
         """The whole preprocessed set on `device`; fetches it once if missing."""
         root = Path(root) if root else default_data_root()
+        verify_raw(FETCH_NAMES[self.name], root / self.name / "raw")
         try:
             raw = self.load_uint8(root)
+        except PermissionError as err:
+            raise DataError(f"{self.name} under data root {root}: permission denied "
+                            f"({err.filename}); make it readable or point --data_root elsewhere"
+                            ) from None
         except RuntimeError as err:
             if not fetch:
                 raise DataMissing(self._missing_message(root, err)) from None
@@ -80,6 +99,79 @@ class Dataset:
         return (f"{self.name} not found under data root {root} ({err}). Fetch it with "
                 f"`python -m symvae.data fetch {FETCH_NAMES[self.name]} --root {root}` "
                 "or point --data_root / SYMVAE_DATA at a folder that holds it.")
+
+
+def expected_digests(name: str, raw: Path) -> dict[str, str]:
+    """file name -> md5: raw/MD5SUMS when the folder has one, else the official checksums."""
+    from symvae.fetch import MD5
+    listed = raw / CHECKSUMS_FILE
+    if not listed.is_file():
+        return MD5[name]
+    pairs = (line.split() for line in listed.read_text().splitlines() if line.strip())
+    return {fname.lstrip("*"): md5 for md5, fname in pairs}
+
+
+def official_size(fname: str) -> int:
+    """Bytes of an official IDX file: header, then one byte per pixel or label."""
+    n = OFFICIAL_COUNTS[fname.split("-")[0]]
+    return 16 + n * IMAGE_BYTES if "images" in fname else 8 + n
+
+
+def verify_raw(name: str, raw: Path) -> None:
+    """Refuse raw files that differ from their checksums; missing files are left to the fetch.
+
+    Cheap on every load: a size check, then the md5 only when the file's size or
+    modification time differs from those remembered in raw/.verified.json.
+    """
+    try:
+        if not raw.is_dir():
+            return
+        expected = expected_digests(name, raw)
+        official = not (raw / CHECKSUMS_FILE).is_file()
+        cache = _read_cache(raw)
+        fresh = {}
+        for fname, want in expected.items():
+            path = raw / fname
+            if not path.is_file():
+                continue
+            st = path.stat()
+            stamp = [st.st_size, st.st_mtime_ns]
+            if official and st.st_size != official_size(fname):
+                got = f"{st.st_size} bytes, expected {official_size(fname)}"
+            else:
+                known = cache.get(fname)
+                md5 = known[2] if known and known[:2] == stamp else _md5(path)
+                fresh[fname] = [*stamp, md5]
+                got = None if md5 == want else f"md5 {md5}, expected {want}"
+            if got:
+                raise DataError(f"{path} is damaged ({got}); delete it and run `python -m "
+                                f"symvae.data fetch {name} --root {raw.parent.parent}`")
+    except PermissionError as err:
+        raise DataError(f"{err.filename or raw}: permission denied; make the data readable or "
+                        "point --data_root / SYMVAE_DATA elsewhere") from None
+    if fresh != {k: v for k, v in cache.items() if k in fresh}:
+        _write_cache(raw, fresh)
+
+
+def _md5(path: Path) -> str:
+    from symvae.fetch import md5_file
+    return md5_file(path)
+
+
+def _read_cache(raw: Path) -> dict:
+    try:
+        cache = json.loads((raw / DIGEST_CACHE).read_text())
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(raw: Path, digests: dict) -> None:
+    from symvae.checkpoint import atomic_write
+    try:  # only a speed-up: a read-only data root is checked in full each time
+        atomic_write(raw / DIGEST_CACHE, lambda f: f.write(json.dumps(digests).encode()))
+    except OSError:
+        pass
 
 
 def _try_fetch(name: str, root: Path) -> None:

@@ -9,11 +9,24 @@ generated_data/MODE/z{0,1}_{prior,post,lim}.npy   float32 latent codes, one row 
     lim = the z of each chain's output step
 PNG files are 8-bit grey `img_00000.png` ...; binary experiments save thresholded
 images (the pixel model's export), grey ones the clamped means.
+generated_data/MODE/produced_by.json  the command, checkpoint and sizes that made the set
+
+A set is built in generated_data/.MODE.partial and renamed into place only when complete,
+so generated_data/MODE is always one whole run's output (or absent); a killed run leaves
+only the hidden staging folder, which the next run on MODE clears.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import json
 import os
+import shutil
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -26,9 +39,14 @@ from tqdm import tqdm
 
 from symvae import runtime
 from symvae.cli import (
+    SAMPLE_BYTES_PER_IMAGE,
+    Interrupted,
+    check_memory,
     check_model_args,
     check_tag,
     ensure_dirs,
+    fail,
+    interruptible,
     load_data,
     model_flags,
     non_negative,
@@ -38,6 +56,7 @@ from symvae.cli import (
 )
 from symvae.data import DeviceData
 from symvae.generate import load_trained
+from symvae.lock import Busy, RunLock
 from symvae.model import HVAE, Latents
 from symvae.png import write_grey
 from symvae.sampling import chain_start, run_chain, to_uint8
@@ -52,7 +71,8 @@ class PngWriter:
     """Writes uint8 image chunks as PNG files from a pool of worker processes."""
 
     def __init__(self, workers: int):
-        self.pool = ProcessPoolExecutor(workers) if workers > 0 else None
+        self.pool = ProcessPoolExecutor(workers, initializer=_worker_start,
+                                        initargs=(os.getpid(),)) if workers > 0 else None
         self.pending: list = []
 
     def write(self, folder: Path, first: int, images: torch.Tensor) -> None:
@@ -66,10 +86,36 @@ class PngWriter:
                                                  pixels[i:i + step]))
 
     def close(self) -> None:
+        """Wait for every file; raises the first worker's error (e.g. OSError of a full disk)."""
         for future in self.pending:
             future.result()
         if self.pool is not None:
             self.pool.shutdown()
+
+    def abandon(self) -> None:
+        """Stop the workers after their current file, dropping what is still queued."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+def _worker_start(parent: int) -> None:
+    """A PNG worker ends with its parent, however the parent ends (even by kill -9)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except OSError:
+            pass
+
+    def watch() -> None:  # other systems, and a parent that died before prctl
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _codes(z: Tensor) -> np.ndarray:
@@ -116,6 +162,11 @@ def image_chunks(model: HVAE, data: DeviceData, n: int, bs: int, chain_steps: in
 
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
+    """Entry point of generate_data.py; Ctrl-C or SIGTERM stop it with 130 or 143."""
+    return interruptible(lambda: _main(model_cls, argv))
+
+
+def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description="Write image sets for FID.")
     model_flags(parser)
     parser.add_argument("--mode", required=True,
@@ -133,26 +184,92 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     for flag in ("n", "bs"):
         positive(f"--{flag}", getattr(args, flag))
     non_negative("--chain_steps", args.chain_steps)
+    if args.workers < 0:
+        fail(f"--workers {args.workers}: must be 0 (write in this process) or more")
     device = pick_device(args.device)
+    check_memory("--bs", args.bs, SAMPLE_BYTES_PER_IMAGE, device)
     runtime.configure(device, tf32=args.tf32)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     data = load_data(model_cls.dataset, args.data_root, device)
     n = min(args.n, len(data))
-    out = Path.cwd() / "generated_data" / args.mode
-    ensure_dirs(out, SETS)
+    base = Path.cwd() / "generated_data"
+    out = base / args.mode
+    ensure_dirs(Path.cwd(), ("generated_data",))
+    if out.exists() and not out.is_dir():
+        fail(f"{out} is a file, but the image sets go there; move it away or pick another --mode")
+    try:
+        lock = RunLock(base / f".{args.mode}.lock").acquire()
+    except Busy as busy:
+        fail(f"--mode {args.mode}: {out} is being written by a running process (PID {busy.pid}); "
+             "wait for it to end, stop it, or pick another --mode")
+    stage = base / f".{args.mode}.partial"
+    try:
+        for leftover in (stage, base / f".{args.mode}.old"):  # of a run that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
+        write_sets(model, data, n, args, stage)
+        publish(stage, out)
+    except Interrupted as stop:
+        shutil.rmtree(stage, ignore_errors=True)
+        print(f"{stop}: stopped; {out} is as it was before this run", file=sys.stderr)
+        return stop.code
+    except OSError as err:
+        shutil.rmtree(stage, ignore_errors=True)
+        fail(f"cannot write {err.filename or 'an image file'} ({err.strerror or err}); {out} is "
+             "as it was before this run. Free space or fix permissions and run again", code=4)
+    finally:
+        lock.release()
+    print(f"wrote {n} images to each of {', '.join(str(out / s) for s in SETS)}")
+    return 0
+
+
+def write_sets(model: HVAE, data: DeviceData, n: int, args: argparse.Namespace,
+               stage: Path) -> None:
+    """The three PNG sets, the latent codes and produced_by.json, all into `stage`."""
+    for name in SETS:
+        (stage / name).mkdir(parents=True)
     codes: dict[str, list[np.ndarray]] = {name: [] for name in CODES}
     writer = PngWriter(args.workers)
     bar = tqdm(total=n * (args.chain_steps + 3), unit="img", desc="generate_data")
-    for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
-        writer.write(out / "images", chunk.first, chunk.data)
-        writer.write(out / "sh_images", chunk.first, chunk.shot)
-        writer.write(out / "lim_images", chunk.first, chunk.limiting)
-        for name, (field, layer) in CODES.items():
-            codes[name].append(_codes(getattr(chunk, field)[layer]))
-    writer.close()
-    bar.close()
+    # a signal only marks the stop, which is raised between image steps: raised inside the
+    # pool's own code it could leave a lock held and the shutdown waiting for ever
+    signals: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: signals.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def progress(k: int) -> None:
+        bar.update(k)
+        if signals:
+            raise Interrupted(signals[0])
+    try:
+        for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, progress):
+            writer.write(stage / "images", chunk.first, chunk.data)
+            writer.write(stage / "sh_images", chunk.first, chunk.shot)
+            writer.write(stage / "lim_images", chunk.first, chunk.limiting)
+            for name, (field, layer) in CODES.items():
+                codes[name].append(_codes(getattr(chunk, field)[layer]))
+            progress(0)
+        writer.close()
+        progress(0)
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for name, parts in codes.items():
-        np.save(out / f"{name}.npy", np.concatenate(parts))
-    print(f"wrote {n} images to each of {', '.join(str(out / s) for s in SETS)}")
-    return 0
+        np.save(stage / f"{name}.npy", np.concatenate(parts))
+    record = {"experiment": model.experiment, "checkpoint": f"models/m_{args.call_prefix}.pt",
+              "flags": vars(args), "images_per_set": n,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    (stage / "produced_by.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def publish(stage: Path, out: Path) -> None:
+    """Put the complete set `stage` where `out` is: the old set is moved aside, then removed."""
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        os.rename(out, old)
+    os.rename(stage, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -33,6 +33,7 @@ from symvae import runtime
 from symvae.cli import (
     check_model_args,
     fail,
+    interruptible,
     load_data,
     model_flags,
     non_negative,
@@ -89,7 +90,12 @@ def inception_features(device: torch.device) -> Features:
         raise FileNotFoundError(f"{weights_path()}: pytorch-fid's Inception weights are missing; "
                                 "run `python -m symvae.data fetch inception`")
     from pytorch_fid.inception import InceptionV3
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[POOL3]]).to(device).eval()
+    try:
+        net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[POOL3]]).to(device).eval()
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file, however torch says it
+        raise FileNotFoundError(f"{weights_path()}: pytorch-fid's Inception weights are damaged "
+                                f"({type(err).__name__}); delete the file and run `python -m "
+                                "symvae.data fetch inception`") from None
     fmt = torch.channels_last if device.type == "cpu" and CHANNELS_LAST_ON_CPU \
         else torch.contiguous_format
     net = net.to(memory_format=fmt)
@@ -164,9 +170,13 @@ def data_statistics(dataset: Dataset, data: DeviceData, n: int, cache_dir: Path,
     images = data.images[:n]
     digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()
     if path.is_file():
-        with np.load(path) as f:
-            if "digest" in f.files and str(f["digest"]) == digest:
-                return f["mu"], f["sigma"]
+        try:
+            with np.load(path) as f:
+                if "digest" in f.files and str(f["digest"]) == digest:
+                    return f["mu"], f["sigma"]
+        except Exception as err:  # noqa: BLE001 - a damaged cache is computed afresh
+            print(f"{path}: unreadable cached statistics ({type(err).__name__}); computing them "
+                  "again", file=sys.stderr)
     bar = tqdm(total=n, unit="img", desc=f"data statistics {name}", disable=not progress)
     step = max(bs, 1000)
     mu, sigma = image_statistics((data.as_float(images[i:i + step]) for i in range(0, n, step)),
@@ -236,7 +246,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, features: Features | None = None) -> int:
-    """The score command; `features` replaces the Inception network (tests)."""
+    """The score command; `features` replaces the Inception network (tests).
+    Ctrl-C or SIGTERM stop it with 130 or 143, before a row is appended."""
+    return interruptible(lambda: score(argv, features))
+
+
+def score(argv: list[str] | None, features: Features | None) -> int:
+    """main() without its signal handling."""
     args = parser().parse_args(argv)
     folder = Path.cwd()
     try:
@@ -251,6 +267,7 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
         fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
     check_results(folder)
     device = pick_device(args.device)
+    load_trained(model_cls, args, device)  # refuse a missing or bad model before Inception
     runtime.configure(device, tf32=args.tf32)
     if features is None:  # built before seeding: building modules draws random numbers
         try:
@@ -277,11 +294,16 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
     label = f"{method}/{args.call_prefix}" if method else args.call_prefix
     print("| method/tag | random code FID | limiting FID |\n| --- | --- | --- |")
     print(f"| {label} | {fids[0]:.4f} | {fids[1]:.4f} |")
-    append_results(folder, {
+    record = {
         "label": label, "tag": args.call_prefix, "method": method,
         "experiment": model.experiment, "random_code_fid": fids[0], "limiting_fid": fids[1],
         "n": n, "chain_steps": args.chain_steps, "bs": args.bs, "seed": args.seed,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    try:
+        append_results(folder, record)
+    except OSError as err:
+        fail(f"cannot write {err.filename or 'the results'} ({err.strerror or err}); the row is "
+             "printed above. Free space or fix permissions to keep it", code=4)
     print(f"appended to {folder / RESULTS[0]} and {folder / RESULTS[1]}")
     return 0
 

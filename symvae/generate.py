@@ -16,9 +16,12 @@ from symvae import checkpoint as ckpt_io
 from symvae import runtime
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
+    SAMPLE_BYTES_PER_IMAGE,
+    check_memory,
     check_model_args,
     ensure_dirs,
     fail,
+    interruptible,
     model_flags,
     non_negative,
     pick_device,
@@ -44,6 +47,11 @@ def load_trained(model_cls: type[HVAE], args: argparse.Namespace,
 
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
+    """Entry point of generate.py; Ctrl-C or SIGTERM stop it with 130 or 143."""
+    return interruptible(lambda: _main(model_cls, argv))
+
+
+def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description="Generate sample grids from a trained model.")
     model_flags(parser)
     parser.add_argument("--n", type=int, default=40, help="images per grid (10 per row)")
@@ -54,14 +62,19 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     positive("--n", args.n)
     non_negative("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
+    check_memory("--n", args.n, SAMPLE_BYTES_PER_IMAGE, device)
     runtime.configure(device, tf32=args.tf32)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     folder = Path.cwd()
     ensure_dirs(folder, ("images",))
     tag = args.call_prefix
-    save_grid(single_shot(model, args.n), folder / "images" / f"generated_sh_{tag}.png")
-    save_grid(limiting(model, args.n, args.chain_steps),
-              folder / "images" / f"generated_sta_{tag}.png")
+    try:
+        save_grid(single_shot(model, args.n), folder / "images" / f"generated_sh_{tag}.png")
+        save_grid(limiting(model, args.n, args.chain_steps),
+                  folder / "images" / f"generated_sta_{tag}.png")
+    except OSError as err:  # each grid is written whole or not at all
+        fail(f"cannot write {err.filename or 'a grid'} ({err.strerror or err}); free space or fix "
+             "the permissions of images/ and run again", code=4)
     print(f"wrote images/generated_sh_{tag}.png and images/generated_sta_{tag}.png")
     return 0

@@ -12,6 +12,7 @@ writes images/plot_{losses,mi,mi_profiles,images,rate}_0-1.png.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ PANEL_INCHES = (4.0, 3.0)
 TITLE_INCHES = 0.3
 PANELS_PER_ROW = 3
 DPI = 100
+
+
+class RunFilesError(ValueError):
+    """A run's log, statistics or image grid that cannot be read; the message names the file."""
 
 
 @dataclass
@@ -85,7 +90,11 @@ def read_log(path: Path) -> list[dict[str, float]]:
     After a resume from an earlier checkpoint the log repeats counts; the newer
     lines replace the older ones from that count on.
     """
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RunFilesError(f"{path}: not a training log (byte {err.start} is not UTF-8 text); "
+                            "is it the log-TAG.txt a training run wrote? Move it away") from None
     lines = text.split("\n")
     if lines and lines[-1]:
         lines.pop()  # every complete line ends with a newline
@@ -112,7 +121,11 @@ def read_stats(folder: Path, tag: str) -> dict[str, np.ndarray]:
     stats = {}
     for path in sorted((Path(folder) / "logs").glob(f"stat*-{tag}.txt")):
         group = path.name[len("stat"):-len(f"-{tag}.txt")]
-        values = [float(v) for v in path.read_text().split()]
+        try:
+            values = [float(v) for v in path.read_text(encoding="utf-8").split()]
+        except (ValueError, UnicodeDecodeError):
+            raise RunFilesError(f"{path}: not a list of numbers; delete it (the run's next "
+                                "checkpoint writes it again)") from None
         if group and values:
             stats[group] = np.sort(np.asarray(values))
     return stats
@@ -130,9 +143,28 @@ def load_runs(tags: list[str] | str, folder: str | Path = ".") -> list[Run]:
                                     f"(--call_prefix {tag}) or run this inside its experiment "
                                     "folder")
         image = folder / "images" / f"img_{tag}.png"
+        if image.is_file():
+            check_image(image)
         runs.append(Run(tag, read_log(log), read_stats(folder, tag),
                         image if image.is_file() else None))
     return runs
+
+
+def check_image(path: Path) -> None:
+    """RunFilesError unless `path` is an image file PIL can read."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise RunFilesError(f"{path}: not a readable image ({type(err).__name__}); delete it "
+                            "(the run's next checkpoint writes it again)") from None
+
+
+def figure_paths(folder: Path, tags: list[str]) -> dict[str, Path]:
+    """images/plot_NAME_TAGS.png of each figure."""
+    joined = "-".join(tags)
+    return {name: Path(folder) / "images" / f"plot_{name}_{joined}.png" for name in FIGURES}
 
 
 def _grid(n: int) -> tuple[Figure, list]:
@@ -243,22 +275,21 @@ FIGURES = {"losses": losses, "mi": mi_curves, "mi_profiles": mi_profiles,
 
 def save_figures(runs: list[Run], folder: Path) -> list[Path]:
     """Write every figure that has something to show as images/plot_NAME_TAGS.png."""
-    out = Path(folder) / "images"
-    out.mkdir(parents=True, exist_ok=True)
-    tags = "-".join(run.tag for run in runs)
+    (Path(folder) / "images").mkdir(parents=True, exist_ok=True)
+    paths = figure_paths(folder, [run.tag for run in runs])
     written = []
     for name, make in FIGURES.items():
         fig = make(runs)
         if fig is None:
             continue
-        path = out / f"plot_{name}_{tags}.png"
+        path = paths[name]
         fig.savefig(path, dpi=DPI)
         written.append(path)
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    from symvae.cli import check_tag, fail  # here: a notebook that plots needs no torch
+    from symvae.cli import check_tag, ensure_dirs, fail  # here: a notebook needs no torch
     parser = argparse.ArgumentParser(
         prog="python -m symvae.plot",
         description="Write the training figures of one or more runs as PNGs under images/ "
@@ -269,13 +300,32 @@ def main(argv: list[str] | None = None) -> int:
     for tag in args.call_prefix:
         check_tag(tag, "--call_prefix")
     folder = Path.cwd()
+    longest = max(len(p.name.encode()) for p in figure_paths(folder, args.call_prefix).values())
+    limit = name_limit(folder)
+    if longest > limit:
+        fail(f"--call_prefix: the figure file names would be {longest} bytes long, over this "
+             f"file system's limit of {limit}; plot fewer or shorter tags at once")
     try:
         runs = load_runs(args.call_prefix, folder)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, RunFilesError) as err:
         fail(str(err))
-    for path in save_figures(runs, folder):
+    ensure_dirs(folder, ("images",))
+    try:
+        written = save_figures(runs, folder)
+    except OSError as err:
+        fail(f"cannot write {err.filename or 'a figure'} ({err.strerror or err}); fix the "
+             "permissions of images/ or free space", code=4)
+    for path in written:
         print(f"wrote {path.relative_to(folder)}")
     return 0
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name the folder's file system takes (255 where it cannot be asked)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 if __name__ == "__main__":

@@ -23,9 +23,12 @@ from symvae import checkpoint as ckpt_io
 from symvae import runtime
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
+    TRAIN_BYTES_PER_IMAGE,
+    check_memory,
     check_train_args,
     ensure_dirs,
     fail,
+    interruptible,
     load_data,
     pick_device,
     seed_everything,
@@ -33,6 +36,7 @@ from symvae.cli import (
 )
 from symvae.data import DeviceData
 from symvae.learning import LEARNERS, NonFinite
+from symvae.lock import Busy, RunLock
 from symvae.model import HVAE
 from symvae.sampling import chain_start, save_grid
 from symvae.stats import RunningMeans, bit_trackers
@@ -49,6 +53,7 @@ class RunFiles:
         self.log = folder / "logs" / f"log-{tag}.txt"
         self.model = folder / "models" / f"m_{tag}.pt"
         self.image = folder / "images" / f"img_{tag}.png"
+        self.lock = folder / "models" / f".m_{tag}.lock"  # held while a run writes this tag
 
     def stat(self, group: str) -> Path:
         return self.folder / "logs" / f"stat{group}-{self.tag}.txt"
@@ -113,8 +118,10 @@ class Trainer:
         self.means.load_state_dict(ckpt_io.to_device(ckpt["means"], self.device))
         self._restore_mi(ckpt)
         self.data.load_state_dict(ckpt["sampler"])
-        if ckpt.get("chain") is not None:
-            self.chain = ckpt["chain"].to(self.device)
+        chain = ckpt.get("chain")
+        check_chain(chain, (GRID_COLUMNS, *self.data.images.shape[1:]))
+        if chain is not None:
+            self.chain = chain.to(self.device)
         ckpt_io.set_rng_state(ckpt["rng"])
         old = ckpt.get("args", {}).get("stepsize", self.args.stepsize)
         change = f"; --stepsize {old:g} -> {self.args.stepsize:g}" \
@@ -129,8 +136,11 @@ class Trainer:
 
     # --- outputs --------------------------------------------------------------
     def log(self, line: str) -> None:
-        self.log_file.write(line + "\n")
-        self.log_file.flush()
+        try:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+        except OSError as err:  # name the log: a failed write does not
+            raise OSError(err.errno, err.strerror, str(self.files.log)) from err
 
     def log_values(self) -> dict[str, float]:
         values = self.means.read()
@@ -212,7 +222,7 @@ class Trainer:
                     print(f"\n{self.stop_signal}: checkpoint saved at count {self.count} to "
                           f"{self.files.model}; continue with --load_prefix {self.files.tag}",
                           file=sys.stderr)
-                    return 0
+                    return 128 + signal.Signals[self.stop_signal].value
                 try:
                     self.iteration()
                     skips = 0
@@ -250,12 +260,24 @@ class Trainer:
                  f"--load_prefix {self.files.tag}.", code=3)
         except OSError as err:  # e.g. a full disk: the atomic write kept the previous files
             bar.close()
-            fail(f"cannot write {err.filename or 'an output file'} ({err.strerror}) at count "
-                 f"{self.count}; the previous checkpoint is intact. Free space or fix "
-                 f"permissions, then continue with --load_prefix {self.files.tag}", code=4)
+            self.write_failed(err)
         bar.close()
         self.log(f"# finished at count {self.count}")
         return 0
+
+    def write_failed(self, err: OSError) -> None:
+        """Stop on a failed write (exit 4): the log's stop line if it can still be written."""
+        what = f"cannot write {err.filename or 'an output file'} ({err.strerror or err})"
+        try:
+            self.log(f"# stopped: {what} at count {self.count}")
+        except (OSError, ValueError):
+            pass  # the log is what cannot be written (or was closed)
+        if self.files.model.is_file():
+            after = (f"{self.files.model} keeps the last checkpoint. Free space or fix "
+                     f"permissions, then continue with --load_prefix {self.files.tag}")
+        else:
+            after = "no checkpoint was written. Free space or fix permissions and start again"
+        fail(f"{what} at count {self.count}; {after}", code=4)
 
     def install_signal_handlers(self) -> dict:
         """Route SIGINT/SIGTERM to a save-and-stop; returns the previous handlers."""
@@ -263,7 +285,7 @@ class Trainer:
             name = signal.Signals(signum).name
             if self.stop_signal:  # second signal: leave at once
                 print(f"\n{name} again: exiting without saving", file=sys.stderr)
-                raise SystemExit(130)
+                raise SystemExit(128 + signum)
             self.stop_signal = name
             print(f"\n{name}: saving a checkpoint after this iteration "
                   "(press Ctrl-C again to quit at once)", file=sys.stderr)
@@ -271,42 +293,60 @@ class Trainer:
 
 
 def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> int:
-    """Entry point of main_sym.py / main_elbo.py, run inside the experiment folder."""
+    """Entry point of main_sym.py / main_elbo.py, run inside the experiment folder.
+
+    Returns 0 when --niterations is reached, 128 + the signal's number when stopped by
+    SIGINT (130) or SIGTERM (143) after saving; refusals exit 2, divergence 3, a failed
+    write 4 (see symvae.cli.fail).
+    """
+    return interruptible(lambda: _main(model_cls, method, argv))
+
+
+def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
     args = train_parser(method).parse_args(argv)
     check_train_args(args)
     folder = Path.cwd()
     files = RunFiles(folder, args.call_prefix)
     device = pick_device(args.device)
-    precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32))
+    check_memory("--bs", args.bs, TRAIN_BYTES_PER_IMAGE, device)
+    args.precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32))
     seed_everything(args.seed)
     model = model_cls(args.nz0, args.nz1)
-
-    ckpt, source = None, None
-    if args.load_prefix is not None:
-        source = RunFiles(folder, args.load_prefix).model
-        try:
-            ckpt = ckpt_io.load(source)
-            ckpt_io.check_compatible(ckpt, source, model, model.experiment, args.nz0, args.nz1)
-        except CheckpointError as err:
-            fail(str(err))
-    if args.load_prefix != args.call_prefix and files.model.exists() and not args.overwrite:
-        fail(f"{files.model} already exists: continue it with --load_prefix "
-             f"{args.call_prefix}, pick another --call_prefix, or pass --overwrite")
+    check_outputs(files, model)
+    ckpt, source = checked_start(args, folder, files, model, method)  # refusals before the data
 
     data = load_data(model_cls.dataset, args.data_root, device)
     if args.bs > len(data):
         fail(f"--bs {args.bs}: larger than the data set ({len(data)} images)")
     ensure_dirs(folder, ("images", "logs", "models"))
+    try:
+        lock = RunLock(files.lock).acquire()
+    except Busy as busy:
+        fail(f"tag {args.call_prefix} is in use by a running process (PID {busy.pid}) in "
+             f"{folder}; wait for it to end, stop it, or pick another --call_prefix")
+    except OSError as err:
+        fail(f"cannot create {files.lock} ({err.strerror}); run from a writable experiment folder")
+    try:
+        # what another run did until we held the tag counts: check again
+        ckpt, source = checked_start(args, folder, files, model, method)
+        return _train(model, method, data, files, args, device, ckpt, source, argv)
+    finally:
+        lock.release()
+
+
+def _train(model: HVAE, method: str, data: DeviceData, files: RunFiles, args,
+           device: torch.device, ckpt: dict | None, source: Path | None,
+           argv: list[str] | None) -> int:
+    """The part of main() that runs while the tag is held."""
     for stale in files.model.parent.glob(f".{files.model.name}.tmp*"):  # left by a killed save
         stale.unlink()
-
     if args.detect_anomaly:
         torch.autograd.set_detect_anomaly(True)
     model.to(device)
     trainer = Trainer(model, method, data, files, args, device)
     try:
         note = trainer.restore(ckpt, source) if ckpt is not None else None
-    except (KeyError, ValueError, TypeError, RuntimeError) as err:  # a damaged or crafted file
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:  # a crafted file
         fail(f"{source}: a damaged checkpoint ({type(err).__name__}: {err}); retrain or pick "
              "another tag")
     if args.niterations is not None and trainer.count > args.niterations:
@@ -318,22 +358,65 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
         args.load_prefix == args.call_prefix and trainer.count > 0
     mode = "a" if args.load_prefix == args.call_prefix and files.log.exists() else "w"
     try:
-        log_file = open(files.log, mode, buffering=1)  # noqa: SIM115 - closed by the with below
+        trainer.log_file = open(files.log, mode, buffering=1)  # noqa: SIM115 - closed below
     except OSError as err:
         fail(f"cannot write {files.log} ({err.strerror}); fix it or pick another --call_prefix")
-    with log_file as trainer.log_file:
+    previous = trainer.install_signal_handlers()
+    try:
         if mode == "a" and files.log.stat().st_size and not _ends_with_newline(files.log):
             trainer.log_file.write("\n")  # a line cut short by a crash stays on its own line
-        trainer.log(f"# {method} {model.experiment} {' '.join(sys.argv[1:] if argv is None else argv)}"
-                    f" (device {device}, {precision}, torch {torch.__version__})")
+        command = " ".join(sys.argv[1:] if argv is None else argv)
+        trainer.log(f"# {method} {model.experiment} {command}"
+                    f" (device {device}, {args.precision}, torch {torch.__version__})")
         if note:
             trainer.log(note)
-        previous = trainer.install_signal_handlers()
+        return trainer.run(resumed)
+    except OSError as err:  # the log itself cannot be written
+        trainer.write_failed(err)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
         try:
-            return trainer.run(resumed)
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+            trainer.log_file.close()
+        except OSError:
+            pass  # the lines it could not flush were reported by write_failed
+
+
+def check_chain(chain: object, shape: tuple[int, ...]) -> None:
+    """ValueError unless a checkpoint's grid chain is None or a batch of `shape` images."""
+    if chain is not None and (not isinstance(chain, torch.Tensor) or chain.shape != shape):
+        raise ValueError(f"its image-grid chain has shape {tuple(getattr(chain, 'shape', ()))}, "
+                         f"expected {shape}")
+
+
+def check_outputs(files: RunFiles, model: HVAE) -> None:
+    """Refuse a folder standing where the run writes one of its files."""
+    for path in (files.model, files.log, files.image, *map(files.stat, model.mi_names)):
+        if path.is_dir():
+            fail(f"{path} is a folder, but the run writes a file there; move it away or pick "
+                 "another --call_prefix")
+
+
+def checked_start(args, folder: Path, files: RunFiles, model: HVAE,
+                  method: str) -> tuple[dict | None, Path | None]:
+    """(checkpoint, its path) to start from, after refusing every mismatch with one line."""
+    ckpt, source = None, None
+    if args.load_prefix is not None:
+        source = RunFiles(folder, args.load_prefix).model
+        try:
+            ckpt = ckpt_io.load(source)
+            ckpt_io.check_compatible(ckpt, source, model, model.experiment, args.nz0, args.nz1)
+        except CheckpointError as err:
+            fail(str(err))
+        other = ckpt.get("method")
+        if args.load_prefix == args.call_prefix and ckpt.get("format") and other != method:
+            fail(f"{source} holds a run of main_{other}.py; continue it with main_{other}.py, "
+                 f"or start {method} learning from it under a new tag (--call_prefix NEW "
+                 f"--load_prefix {args.load_prefix})")
+    if args.load_prefix != args.call_prefix and files.model.exists() and not args.overwrite:
+        fail(f"{files.model} already exists: continue it with --load_prefix "
+             f"{args.call_prefix}, pick another --call_prefix, or pass --overwrite")
+    return ckpt, source
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic IDX data sets and running an experiment's scripts."""
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import subprocess
@@ -39,7 +40,15 @@ def write_dataset(root: Path, name: str, n_train: int = 96, n_test: int = 32) ->
     for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", synthetic_images(n, seed))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    write_checksums(raw)
     return root
+
+
+def write_checksums(raw: Path) -> None:
+    """raw/MD5SUMS for the IDX files there: data that are not the official files."""
+    lines = [f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n"
+             for p in sorted(raw.glob("*-ubyte"))]
+    (raw / "MD5SUMS").write_text("".join(lines))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
+from conftest import write_checksums, write_idx
 
 from symvae.data import (
     DataMissing,
@@ -27,6 +27,7 @@ def write_pixels(root, folder, train: np.ndarray, test: np.ndarray) -> None:
     for prefix, images in (("train", train), ("t10k", test)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.zeros(len(images)))
+    write_checksums(raw)
 
 
 def test_train_and_test_are_concatenated_in_order(tmp_path):

@@ -188,8 +188,13 @@ def test_score_command_refuses_bad_input_with_one_line(experiment_copy, data_roo
 
     assert "hvae.py" in refused(tmp_path)
     assert "--n 1" in refused(folder, "--n", "1")
+    # no Inception weights at all: a missing model must be named first, without them
+    (tmp_path / "empty-torch-home").mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    assert not fid.weights_path().exists()
     assert "m_nope.pt" in refused(folder, "--call_prefix", "nope")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    (folder / "models" / "m_zero.pt").write_bytes(b"")
+    assert "m_zero.pt: not a readable checkpoint" in refused(folder, "--call_prefix", "zero")
     assert "python -m symvae.data fetch inception" in refused(folder)
     (folder / "fid_results.json").write_text("{oops")
     assert "fid_results.json" in refused(folder)

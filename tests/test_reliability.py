@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints, exact resume, signals, divergence and hostile input (issue: reliability).
+"""Crash-safe checkpoints, exact resume, signals, divergence and hostile input.
 
 Most cases call the entry points in-process (fast, and SystemExit carries the exit status);
 the kill -9 and SIGTERM cases run real subprocesses.
@@ -64,9 +64,12 @@ def train_run(folder: Path, data: Path, *argv: str, monkeypatch, method: str = "
 
 
 def tree(folder: Path) -> dict[str, str]:
-    """Every file's SHA-256 and every folder, relative to `folder`."""
-    return {str(path.relative_to(folder)):
-            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+    """Every file's SHA-256, every folder and link, relative to `folder`."""
+    def digest(path: Path) -> str:
+        if path.is_symlink():
+            return f"link to {os.readlink(path)}"
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+    return {str(path.relative_to(folder)): digest(path)
             for path in sorted(folder.rglob("*")) if "__pycache__" not in path.parts}
 
 
@@ -141,7 +144,7 @@ BAD_TRAIN = [
     (["--load_prefix", "nosuch"], "m_nosuch.pt: no such checkpoint"),
     (["--load_prefix", "trunc"], "m_trunc.pt: not a readable checkpoint"),
     (["--load_prefix", "text"], "m_text.pt: not a readable checkpoint"),
-    (["--load_prefix", "code"], "m_code.pt: not a readable checkpoint"),
+    (["--load_prefix", "code"], "m_code.pt: refused, because loading it could run code"),
     (["--load_prefix", "list"], "m_list.pt: holds no model state dict"),
     (["--load_prefix", "names"], "parameter names do not match"),
     (["--load_prefix", "reverse"], "a mnist-reverse checkpoint"),
@@ -376,7 +379,7 @@ def test_sigterm_saves_and_resumes(data, tmp_path, monkeypatch):
     wait_for_count(proc, folder, "t", 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 128 + signal.SIGTERM, err
     count = count_of(folder / "models" / "m_t.pt")
     assert count >= 2
     assert f"SIGTERM: checkpoint saved at count {count}" in err
@@ -394,28 +397,33 @@ def test_sigterm_saves_and_resumes(data, tmp_path, monkeypatch):
 # Runs main_sym.py and dies by SIGKILL inside the AT-th checkpoint save: halfway through
 # writing the temporary file ("write") or after it is complete but before the rename ("rename").
 KILLER = """
-import os, signal, sys, runpy, torch
+import os, signal, sys, runpy
+import symvae.checkpoint as ckpt_io
 mode, at = sys.argv[1], int(sys.argv[2])
 sys.argv = ["main_sym.py", *sys.argv[3:]]
 sys.path.insert(0, os.getcwd())
-real_save, real_replace, calls = torch.save, os.replace, [0]
+real_write, real_replace, calls = ckpt_io.atomic_write, os.replace, [0]
 
-def save(obj, f, *args, **kwargs):
+def atomic_write(path, write):
+    if not str(path).endswith(".pt"):
+        return real_write(path, write)
     calls[0] += 1
-    if mode == "write" and calls[0] == at:
-        real_save(obj, f, *args, **kwargs)
-        f.truncate(f.tell() // 2)
-        f.flush()
-        os.fsync(f.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_save(obj, f, *args, **kwargs)
+
+    def halfway(f):
+        write(f)
+        if mode == "write" and calls[0] == at:
+            f.truncate(f.tell() // 2)
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    real_write(path, halfway)
 
 def replace(src, dst):
     if mode == "rename" and str(dst).endswith(".pt") and calls[0] == at:
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
 
-torch.save, os.replace = save, replace
+ckpt_io.atomic_write, os.replace = atomic_write, replace
 runpy.run_path("main_sym.py", run_name="__main__")
 """
 

@@ -1,0 +1,531 @@
+"""Every refusal and failure of the commands, one table: command, exit status, the one line.
+
+Each case runs in a fresh copy of a small workspace (a mnist-ladder folder with a symmetric
+run `0` and an ELBO run `e`, 2 iterations each, and a synthetic data root) and asserts the
+exit status, that stderr's first line holds the expected words and is the only error line,
+no traceback, and that every file that existed before is unchanged. The README's
+"Long runs" section lists what these cases pin.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, write_dataset
+from test_reliability import HVAE, SMALL, Crafted, one_thread, tree  # noqa: F401 - a fixture
+
+from symvae import checkpoint as ckpt_io
+from symvae import cli, export, fid, generate, plot, train
+from symvae.data import Dataset
+from symvae.lock import RunLock
+
+NZ = ("--nz0", "4", "--nz1", "8")
+Setup = Callable[[Path, Path, pytest.MonkeyPatch], None]  # (experiment folder, data root, mp)
+
+
+@dataclass
+class Case:
+    name: str
+    command: tuple[str, ...]  # entry script, then its flags (common sizes are added)
+    code: int
+    line: str  # words the first line of stderr holds
+    setup: Setup | None = None
+    not_in_line: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()  # files of the workspace the command may change
+    lines: int = 1  # lines on stderr
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """The workspace every case copies: data/ and mnist-ladder/ with runs 0 (sym) and e (elbo)."""
+    root = tmp_path_factory.mktemp("template")
+    write_dataset(root / "data", "mnist")
+    folder = root / "mnist-ladder"
+    folder.mkdir()
+    for name in ("hvae.py", "mnist.py"):
+        shutil.copy(REPO / "mnist-ladder" / name, folder)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(folder)
+    for tag, method in (("0", "sym"), ("e", "elbo")):
+        assert train.main(HVAE, method, [*SMALL, "--data_root", str(root / "data"),
+                                         "--call_prefix", tag, "--niterations", "2"]) == 0
+    mp.undo()
+    return root
+
+
+def workspace(template: Path, dest: Path) -> Path:
+    """A copy of the template; checkpoints are hard links (every write replaces them whole)."""
+    def copy(src: str, dst: str) -> None:
+        if src.endswith(".pt"):
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+    shutil.copytree(template, dest, copy_function=copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+# --- what the cases put in place -------------------------------------------------------------
+
+def saved(name: str, change: Callable[[dict], None]) -> Setup:
+    """models/m_NAME.pt: run 0's checkpoint changed by `change`."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        ckpt = ckpt_io.load(folder / "models" / "m_0.pt")
+        change(ckpt)
+        torch.save(ckpt, folder / "models" / f"m_{name}.pt")
+    return setup
+
+
+def nan_weight(ckpt: dict) -> None:
+    next(iter(ckpt["model"].values())).view(-1)[0] = float("nan")
+
+
+def zero_byte(folder: Path, data: Path, mp) -> None:
+    (folder / "models" / "m_z.pt").write_bytes(b"")
+
+
+def code_file(folder: Path, data: Path, mp) -> None:
+    (folder / "models" / "m_code.pt").write_bytes(pickle.dumps(Crafted(folder / "pwned")))
+
+
+def held_by_us(folder: Path, data: Path, mp) -> None:
+    """Tag 0 held as a running training run holds it (released when the case's copy goes)."""
+    held_by_us.lock = RunLock(train.RunFiles(folder, "0").lock).acquire()
+
+
+def flipped_pixel(folder: Path, data: Path, mp) -> None:
+    path = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[16 + 300] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def unreadable_data(folder: Path, data: Path, mp) -> None:
+    def denied(self, root):
+        raise PermissionError(errno.EACCES, "Permission denied", str(root / self.name / "raw"))
+    mp.setattr(Dataset, "load_uint8", denied)
+
+
+def little_memory(folder: Path, data: Path, mp) -> None:
+    mp.setattr(cli, "available_memory", lambda device: 8e9)
+
+
+def full_disk(under: str, fits: int = 0) -> Setup:
+    """After `fits` files, every file written whole into a folder named `under` meets a full
+    disk: the write goes to /dev/full, which answers ENOSPC."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        real, writes = open, []
+
+        def open_full(path, mode="r", *args, **kwargs):
+            if under in Path(path).parts and "w" in mode:
+                writes.append(path)
+                if len(writes) > fits:
+                    return real("/dev/full", mode, *args, **kwargs)
+            return real(path, mode, *args, **kwargs)
+        mp.setattr(ckpt_io, "open", open_full, raising=False)
+    return setup
+
+
+full_models_disk = full_disk("models", fits=1)  # the checkpoint at count 0 fits
+
+
+def full_logs_disk(folder: Path, data: Path, mp) -> None:
+    log = folder / "logs" / "log-0.txt"
+    log.unlink()
+    log.symlink_to("/dev/full")  # every write: ENOSPC, as on a full file system
+
+
+def image_folder(folder: Path, data: Path, mp) -> None:
+    (folder / "images" / "img_new.png").mkdir()
+
+
+def writes(relpath: str, content: bytes) -> Setup:
+    def setup(folder: Path, data: Path, mp) -> None:
+        path = folder / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return setup
+
+
+def damaged_fid_cache(folder: Path, data: Path, mp) -> None:
+    cache = data / "fid_stats"
+    cache.mkdir()
+    (cache / "MNIST-bin0.4375-n4-pool3.npz").write_bytes(b"PK\x03\x04 not an archive")
+
+
+def truncated_inception(folder: Path, data: Path, mp) -> None:
+    home = folder.parent / "torch-home"
+    weights = home / "hub" / "checkpoints" / fid.WEIGHTS_FILE
+    weights.parent.mkdir(parents=True)
+    real = fid.weights_path()
+    weights.write_bytes(real.read_bytes()[:1 << 16] if real.is_file() else b"PK\x03\x04")
+    mp.setenv("TORCH_HOME", str(home))
+    truncated_inception.real = True
+
+
+def interrupt_on_load(folder: Path, data: Path, mp) -> None:
+    """Ctrl-C while the checkpoint is read, i.e. before any work or output."""
+    real = ckpt_io.load
+
+    def load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+    mp.setattr(ckpt_io, "load", load)
+
+
+def no_images_folder(folder: Path, data: Path, mp) -> None:
+    shutil.rmtree(folder / "images")
+    (folder / "images").write_text("")
+
+
+CASES = [
+    # lost or mixed work
+    Case("other method on the same tag", ("main_sym.py", "--call_prefix", "e", "--load_prefix",
+                                          "e", "--niterations", "3"),
+         2, "m_e.pt holds a run of main_elbo.py; continue it with main_elbo.py"),
+    Case("tag held by a running process", ("main_sym.py", "--call_prefix", "0", "--load_prefix",
+                                           "0", "--niterations", "3"),
+         2, f"tag 0 is in use by a running process (PID {os.getpid()})", held_by_us),
+    Case("a flipped byte in the data", ("main_sym.py", "--call_prefix", "n", "--niterations", "3"),
+         2, "train-images-idx3-ubyte is damaged (md5 ", flipped_pixel),
+    Case("unreadable data folder", ("main_sym.py", "--call_prefix", "n", "--niterations", "3"),
+         2, "permission denied", unreadable_data, not_in_line=("not found",)),
+    # faults that printed a traceback
+    Case("full disk under models/", ("main_sym.py", "--call_prefix", "n", "--niterations", "4",
+                                     "--save_period", "2"),
+         4, "cannot write", full_models_disk,
+         changes=("mnist-ladder/models/m_n.pt", "mnist-ladder/logs/log-n.txt",
+                  "mnist-ladder/images/img_n.png", *(f"mnist-ladder/logs/stat{g}-n.txt"
+                                                     for g in ("p1", "q0", "q1")))),
+    Case("full disk under logs/", ("main_sym.py", "--call_prefix", "0", "--load_prefix", "0",
+                                   "--niterations", "4"),
+         4, "log-0.txt (No space left on device)", full_logs_disk),
+    Case("full disk, generate.py", ("generate.py", "--call_prefix", "0"),
+         4, "generated_sh_0.png (No space left on device)", full_disk("images")),
+    Case("full disk, FID results", ("symvae.fid", "--call_prefix", "0"),
+         4, "fid_results.json (No space left on device)", full_disk("mnist-ladder"),
+         changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz",), lines=2),
+    Case("zero-byte checkpoint, training", ("main_sym.py", "--load_prefix", "z", "--call_prefix",
+                                            "n", "--niterations", "3"),
+         2, "m_z.pt: not a readable checkpoint (EOFError: empty file)", zero_byte),
+    Case("zero-byte checkpoint, generate.py", ("generate.py", "--call_prefix", "z"),
+         2, "m_z.pt: not a readable checkpoint", zero_byte),
+    Case("zero-byte checkpoint, generate_data.py", ("generate_data.py", "--call_prefix", "z"),
+         2, "m_z.pt: not a readable checkpoint", zero_byte),
+    Case("zero-byte checkpoint, FID", ("symvae.fid", "--call_prefix", "z"),
+         2, "m_z.pt: not a readable checkpoint", zero_byte),
+    Case("negative seed", ("main_sym.py", "--call_prefix", "n", "--seed", "-1"), 2, "--seed -1"),
+    Case("seed above 2^32-1", ("generate.py", "--call_prefix", "0", "--seed", str(2**32)),
+         2, f"--seed {2**32}: must be between 0 and {2**32 - 1}"),
+    Case("--log_period 0", ("main_sym.py", "--call_prefix", "n", "--log_period", "0"),
+         2, "--log_period 0: must be a positive number"),
+    Case("--save_period 0", ("main_elbo.py", "--call_prefix", "n", "--save_period", "0"),
+         2, "--save_period 0: must be a positive number"),
+    Case("--chain_steps 0", ("generate.py", "--call_prefix", "0", "--chain_steps", "0"),
+         2, "--chain_steps 0: must be a positive number"),
+    Case("generate_data.py --n 0", ("generate_data.py", "--call_prefix", "0", "--n", "0"),
+         2, "--n 0: must be a positive number"),
+    Case("bad --mode", ("generate_data.py", "--call_prefix", "0", "--mode", "../x"),
+         2, "--mode '../x': use letters, digits"),
+    Case("--device mps where there is none", ("main_sym.py", "--call_prefix", "n", "--device",
+                                              "mps"),
+         2, "--device mps: MPS is not available here"),
+    Case("--device meta", ("main_sym.py", "--call_prefix", "n", "--device", "meta"),
+         2, "--device 'meta': not a device symvae runs on"),
+    Case("--device xpu", ("generate.py", "--call_prefix", "0", "--device", "xpu"),
+         2, "--device 'xpu': not a device symvae runs on"),
+    Case("--device of no backend", ("main_sym.py", "--call_prefix", "n", "--device", "tpu"),
+         2, "--device 'tpu': not a device"),
+    Case("generate.py --n beyond memory", ("generate.py", "--call_prefix", "0", "--n",
+                                           "1000000000"),
+         2, "--n 1000000000: needs about"),
+    Case("--bs beyond memory", ("main_sym.py", "--call_prefix", "n", "--bs", "65536"),
+         2, "--bs 65536: needs about", little_memory),
+    Case("NaN weight in the checkpoint", ("generate.py", "--call_prefix", "nan"),
+         2, "holds NaN or infinite values", saved("nan", nan_weight)),
+    Case("NaN weight, training", ("main_sym.py", "--load_prefix", "nan", "--call_prefix", "n"),
+         2, "holds NaN or infinite values", saved("nan", nan_weight)),
+    Case("wrongly shaped chain", ("main_sym.py", "--call_prefix", "ch", "--load_prefix", "ch",
+                                  "--niterations", "4"),
+         2, "image-grid chain has shape (3, 5)",
+         saved("ch", lambda c: c.update(chain=torch.zeros(3, 5)))),
+    Case("damaged cached FID statistics", ("symvae.fid", "--call_prefix", "0"),
+         0, "unreadable cached statistics (BadZipFile); computing them again", damaged_fid_cache,
+         changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz", "mnist-ladder/fid_results.md",
+                  "mnist-ladder/fid_results.json"), lines=2),
+    Case("truncated Inception weights", ("symvae.fid", "--call_prefix", "0"),
+         2, "Inception weights are damaged", truncated_inception),
+    Case("plot: log not UTF-8", ("symvae.plot", "--call_prefix", "0"),
+         2, "log-0.txt: not a training log (byte 0 is not UTF-8", writes("logs/log-0.txt",
+                                                                           b"\xff\xfe\x00t")),
+    Case("plot: tags over the file-name limit", ("symvae.plot", "--call_prefix", *["a" * 100] * 3),
+         2, "over this file system's limit of 255"),
+    Case("plot: image grid not an image", ("symvae.plot", "--call_prefix", "0"),
+         2, "img_0.png: not a readable image", writes("images/img_0.png", b"not a png")),
+    Case("plot: stat file with a non-number", ("symvae.plot", "--call_prefix", "0"),
+         2, "statq0-0.txt: not a list of numbers", writes("logs/statq0-0.txt", b"0.5\nabc\n")),
+    Case("plot: images/ not writable", ("symvae.plot", "--call_prefix", "0"),
+         2, "images is a file", no_images_folder),
+    # nonsense accepted, misleading words
+    Case("checkpoint at count -7", ("main_sym.py", "--call_prefix", "neg", "--load_prefix", "neg",
+                                    "--niterations", "3"),
+         2, "count -7 is not an iteration count", saved("neg", lambda c: c.update(count=-7))),
+    Case("--workers -1", ("generate_data.py", "--call_prefix", "0", "--workers", "-1"),
+         2, "--workers -1: must be 0"),
+    Case("--stepsize 0.99", ("main_sym.py", "--call_prefix", "n", "--stepsize", "0.99"),
+         2, "--stepsize 0.99: must be a positive learning rate of at most 0.01"),
+    Case("img_TAG.png is a folder", ("main_sym.py", "--call_prefix", "new", "--niterations", "2"),
+         2, "img_new.png is a folder, but the run writes a file there", image_folder,
+         not_in_line=(".tmp", "--load_prefix")),
+    Case("checkpoint that would run code", ("main_sym.py", "--load_prefix", "code",
+                                            "--call_prefix", "n"),
+         2, "m_code.pt: refused, because loading it could run code", code_file,
+         not_in_line=("weights_only",)),
+    Case("Ctrl-C while starting, training", ("main_sym.py", "--load_prefix", "0",
+                                              "--call_prefix", "n"),
+         130, "SIGINT: stopped", interrupt_on_load),
+    Case("Ctrl-C while starting, generate.py", ("generate.py", "--call_prefix", "0"),
+         130, "SIGINT: stopped", interrupt_on_load),
+    Case("Ctrl-C while starting, generate_data.py", ("generate_data.py", "--call_prefix", "0"),
+         130, "SIGINT: stopped", interrupt_on_load),
+    Case("Ctrl-C while starting, FID", ("symvae.fid", "--call_prefix", "0"),
+         130, "SIGINT: stopped", interrupt_on_load),
+    Case("generate_data over a file", ("generate_data.py", "--call_prefix", "0"),
+         2, "generated_data is a file", writes("generated_data", b"")),
+]
+
+
+def projection(x: torch.Tensor) -> torch.Tensor:
+    """A fixed stand-in for Inception: 6 linear features of the pixels."""
+    w = torch.randn(x[0].numel(), 6, generator=torch.Generator().manual_seed(5))
+    return x.flatten(1) @ w
+
+
+def run_case(case: Case, folder: Path, data: Path, monkeypatch) -> int:
+    """The command in-process inside `folder`, with the sizes every case shares."""
+    script, *flags = case.command
+    if script in ("main_sym.py", "main_elbo.py"):
+        method = script[len("main_"):-len(".py")]
+        flags = [*SMALL, "--data_root", str(data), *flags]
+        entry = lambda: train.main(HVAE, method, flags)
+    elif script == "generate.py":
+        entry = lambda: generate.main(HVAE, [*NZ, "--chain_steps", "1", *flags])
+    elif script == "generate_data.py":
+        flags = [*NZ, "--mode", "m", "--n", "4", "--chain_steps", "1", "--workers", "0",
+                 "--data_root", str(data), *flags]
+        entry = lambda: export.main(HVAE, flags)
+    elif script == "symvae.fid":
+        flags = [*NZ, "--n", "4", "--chain_steps", "1", "--no_progress", "--data_root",
+                 str(data), *flags]
+        real = getattr(case.setup, "real", False)
+        entry = lambda: fid.main(flags, features=None if real else projection)
+    else:
+        entry = lambda: plot.main(flags)
+    monkeypatch.chdir(folder)
+    try:
+        return entry()
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the crafted m_code.pt
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_refusal(case: Case, template, tmp_path, monkeypatch, capsys):
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    if case.setup:
+        case.setup(folder, data, monkeypatch)
+    before = tree(root)
+    code = run_case(case, folder, data, monkeypatch)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == case.code, err
+    assert "Traceback" not in err
+    assert len(lines) == case.lines, err
+    # a refusal or failure is the last line, after any notices; a success's notice is the first
+    first = lines[-1] if case.code in (2, 3, 4) else lines[0]
+    assert case.code not in (2, 3, 4) or sum(line.startswith("error: ") for line in lines) == 1
+    assert case.code not in (2, 3, 4) or first.startswith("error: "), err
+    assert case.line in first, err
+    assert not any(word in first for word in case.not_in_line), first
+    after = tree(root)
+    assert {k: after.get(k) for k in before if k not in case.changes} == \
+        {k: v for k, v in before.items() if k not in case.changes}
+    assert not (folder / "pwned").exists()
+    lock = getattr(case.setup, "lock", None)
+    if lock:
+        lock.release()
+
+
+def test_full_disk_keeps_the_checkpoint_and_logs_the_stop(template, tmp_path, monkeypatch):
+    """The exit-4 run on a full models/ disk: count-2 checkpoint kept, stop line in the log."""
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    full_models_disk(folder, data, monkeypatch)
+    case = CASES[[c.name for c in CASES].index("full disk under models/")]
+    assert run_case(case, folder, data, monkeypatch) == 4
+    assert ckpt_io.load(folder / "models" / "m_n.pt")["count"] == 0
+    last = (folder / "logs" / "log-n.txt").read_text().splitlines()[-1]
+    assert last.startswith("# stopped: cannot write") and "No space left on device" in last
+    assert not list((folder / "models").glob(".m_n.pt.tmp*"))
+
+
+# --- real processes --------------------------------------------------------------------------
+
+def env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+def scripts(folder: Path) -> None:
+    for path in (REPO / "mnist-ladder").glob("*.py"):
+        shutil.copy(path, folder)
+
+
+@pytest.mark.slow  # three interpreters start torch: about a minute on a busy 2-core machine
+def test_second_process_on_a_tag_is_refused_with_the_first_ones_pid(template, tmp_path):
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    scripts(folder)
+    first = subprocess.Popen([sys.executable, "main_sym.py", *SMALL, "--data_root", str(data),
+                              "--call_prefix", "0", "--load_prefix", "0"], cwd=folder, env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = folder / "models" / ".m_0.lock"
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+            time.sleep(0.05)
+        before = tree(root / "data")
+        # a resume of the same run, and a fresh ELBO run forced over the tag
+        for script, *how in (("main_sym.py", "--load_prefix", "0"),
+                             ("main_elbo.py", "--overwrite")):
+            second = subprocess.run([sys.executable, script, *SMALL, "--data_root", str(data),
+                                     "--call_prefix", "0", *how], check=False, cwd=folder,
+                                    env=env(), capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2, second.stderr
+            assert second.stderr == (f"error: tag 0 is in use by a running process (PID "
+                                     f"{first.pid}) in {folder}; wait for it to end, stop it, "
+                                     "or pick another --call_prefix\n")
+        assert tree(root / "data") == before
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err  # Ctrl-C: saved, then the conventional status
+    assert "SIGINT: checkpoint saved at count" in err and "Traceback" not in err
+    assert not (folder / "models" / ".m_0.lock").exists()
+
+
+def generated(folder: Path) -> dict[str, int]:
+    out = folder / "generated_data" / "m"
+    counts = {s: len(list((out / s).glob("*.png"))) for s in export.SETS}
+    counts.update({c: len(np.load(out / f"{c}.npy")) for c in export.CODES})
+    return counts
+
+
+def test_generate_data_replaces_a_set_whole_and_ctrl_c_keeps_it(template, tmp_path,
+                                                                monkeypatch, capsys):
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    flags = [*NZ, "--call_prefix", "0", "--mode", "m", "--chain_steps", "1", "--data_root",
+             str(data), "--workers", "0"]
+    monkeypatch.chdir(folder)
+    assert export.main(HVAE, [*flags, "--n", "20", "--bs", "8"]) == 0
+    assert export.main(HVAE, [*flags, "--n", "4"]) == 0
+    assert set(generated(folder).values()) == {4}  # no stale images of the --n 20 set
+    assert '"images_per_set": 4' in (folder / "generated_data/m/produced_by.json").read_text()
+    complete = tree(folder / "generated_data")
+
+    # Ctrl-C halfway: the complete set stays as it was, nothing half-written is left
+    real = export.PngWriter.write
+
+    def interrupted(self, *args):
+        real(self, *args)
+        os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(export.PngWriter, "write", interrupted)
+    capsys.readouterr()
+    assert export.main(HVAE, [*flags, "--n", "8", "--bs", "4"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"SIGINT: stopped; {folder / 'generated_data' / 'm'} is as it was before this run"
+    assert tree(folder / "generated_data") == complete
+
+
+@pytest.mark.slow  # interpreters that start torch and a pool: about a minute on a busy machine
+def test_generate_data_workers_end_with_it_and_a_rerun_is_whole(template, tmp_path,
+                                                                monkeypatch):
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    scripts(folder)
+    flags = [*NZ, "--call_prefix", "0", "--mode", "m", "--chain_steps", "1", "--data_root",
+             str(data), "--workers", "0"]
+    monkeypatch.chdir(folder)
+    assert export.main(HVAE, [*flags, "--n", "4"]) == 0
+    complete = tree(folder / "generated_data")
+
+    # SIGTERM, then kill -9, with two PNG workers: the workers end too, the set is untouched
+    def start_and(stop: Callable[[subprocess.Popen], None]) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "generate_data.py", *flags[:-1], "2", "--n",
+                                 "128", "--bs", "2", "--chain_steps", "20"], cwd=folder,
+                                env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        workers = wait_for_children(proc.pid, 2)
+        stop(proc)
+        proc.wait(timeout=60)
+        deadline = time.time() + 30
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        alive = [w for w in workers if _alive(w)]
+        for w in alive:  # do not leave them behind when the check fails
+            os.kill(w, signal.SIGKILL)
+        assert not alive, f"PNG workers {alive} outlived their parent"
+        return proc
+
+    proc = start_and(subprocess.Popen.terminate)
+    err = proc.stderr.read()
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith("SIGTERM: stopped; "
+                                                 f"{folder / 'generated_data' / 'm'} is as it "
+                                                 "was before this run"), err
+    assert tree(folder / "generated_data") == complete
+    start_and(subprocess.Popen.kill)
+    left = tree(folder / "generated_data")
+    assert {k: v for k, v in left.items() if not k.startswith(".m.")} == complete  # hidden:
+    assert {k.split("/")[0] for k in left if k.startswith(".m.")} <= {".m.partial", ".m.lock"}
+    monkeypatch.chdir(folder)
+    assert export.main(HVAE, [*flags, "--n", "6"]) == 0
+    assert set(generated(folder).values()) == {6}
+    assert not [p.name for p in (folder / "generated_data").iterdir() if p.name != "m"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_for_children(pid: int, n: int) -> list[int]:
+    """The ids of at least n child processes of `pid`, once it has them."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        kids = []
+        for thread in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids += [int(k) for k in (thread / "children").read_text().split()]
+            except OSError:
+                pass
+        if len(kids) >= n:
+            return kids
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} started no {n} workers")
