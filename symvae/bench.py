@@ -76,11 +76,11 @@ def synthetic_data(model_cls, device: torch.device, n: int = SYNTHETIC_IMAGES) -
 
 
 def build_trainer(experiment: str, method: str, bs: int, device: torch.device,
-                  seed: int = 0) -> Trainer:
+                  seed: int = 0, nz: tuple[int, int] = (30, 100)) -> Trainer:
     """The training loop's Trainer for one experiment x method, on synthetic data."""
     torch.manual_seed(seed)
     model_cls = load_model_class(experiment)
-    model = model_cls(30, 100).to(device)
+    model = model_cls(*nz).to(device)
     args = SimpleNamespace(stepsize=1e-4, nan_policy="stop", bs=bs)
     return Trainer(model, method, synthetic_data(model_cls, device), None, args, device)
 

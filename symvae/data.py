@@ -114,13 +114,32 @@ class DeviceData:
 
     def batch(self, bs: int) -> Tensor:
         """The next training batch, float [bs,1,28,28] in [0,1], before noise."""
+        self.advance(bs)
+        return self.window(bs)
+
+    def advance(self, bs: int) -> None:
+        """The host's part of a draw: redraw the permutation when due.
+
+        A redraw is copied into the existing permutation tensor, so a captured
+        CUDA graph that reads it (symvae.capture) sees the new order.
+        """
         n = len(self.images)
         if self.perm is None or self.since_shuffle >= max(n // bs, 1):
-            self.perm = torch.randperm(n).to(self.images.device)
+            perm = torch.randperm(n).to(self.images.device)
+            if self.perm is None:
+                self.perm = perm
+            else:
+                self.perm.copy_(perm)
             self.since_shuffle = 0
         self.since_shuffle += 1
-        start = int(torch.randint(0, n - bs + 1, ()))
-        return self.as_float(self.images[self.perm[start:start + bs]])
+
+    def window(self, bs: int) -> Tensor:
+        """The device's part: a random window of the permutation, drawn and gathered on the
+        device without a host synchronisation (so that it can be captured in a graph)."""
+        n, device = len(self.images), self.images.device
+        start = torch.randint(0, n - bs + 1, (1,), device=device)
+        index = self.perm.index_select(0, start + torch.arange(bs, device=device))
+        return self.as_float(self.images.index_select(0, index))
 
     def state_dict(self) -> dict:
         return {"perm": None if self.perm is None else self.perm.cpu(),

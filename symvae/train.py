@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from symvae import checkpoint as ckpt_io
 from symvae import runtime
+from symvae.capture import capture_count
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
     check_train_args,
@@ -72,6 +73,9 @@ class Trainer:
         self.count = 0
         self.elapsed = 0.0
         self.chain: torch.Tensor | None = None
+        # the iteration runs eagerly until count `capture_at`, then as a replayed graph
+        self.capture_at: int | None = None
+        self.captured = None
         self.stop_signal: str | None = None
         self.log_file = None
 
@@ -164,7 +168,21 @@ class Trainer:
 
     # --- loop -----------------------------------------------------------------
     def iteration(self) -> None:
-        x = self.noise(self.data.batch(self.args.bs))
+        """One training iteration: the host's sampler bookkeeping, then the device's work,
+        replayed from a CUDA graph once one is captured (symvae.capture)."""
+        self.data.advance(self.args.bs)
+        if self.captured is not None:
+            self.captured.replay()
+        elif self.capture_at is not None and self.count >= self.capture_at:
+            from symvae.capture import capture_iteration
+            self.captured = capture_iteration(self)
+        else:
+            self.device_iteration()
+
+    def device_iteration(self) -> None:
+        """Batch draw, noise, the learning step and the running statistics, all on the
+        device: no host synchronisation, so that one CUDA graph can hold it."""
+        x = self.noise(self.data.window(self.args.bs))
         logs, logits = self.learner.step(x)
         for group, tracker in self.mi.items():
             logs[mi_log_name(group)] = tracker.update(logits[group])
@@ -279,6 +297,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
         torch.autograd.set_detect_anomaly(True)
     model.to(device)
     trainer = Trainer(model, method, data, files, args, device)
+    trainer.capture_at = capture_count(args, device)
     try:
         note = trainer.restore(ckpt, source) if ckpt is not None else None
     except (KeyError, ValueError, TypeError, RuntimeError) as err:  # a damaged or crafted file
