@@ -286,7 +286,7 @@ def measure(args: argparse.Namespace, name: str, method: str, device: torch.devi
         row = bench_pair(name, method, args.bs, device, iters, warmup, compiled, captured)
         ours.append((row["times"], row["cpu_times"]))
         mode = "captured" if captured else "compiled" if compiled else "eager"
-        line = f"{name} {method} {mode}: ours {row['seconds']:.4g} s/it"
+        line = f"{name} {method} {mode}: ours {row['seconds']:.4g} s/it ({row['cpu_seconds']:.4g} CPU s)"
         if args.ref and not compiled and not captured:
             try:
                 theirs.append(time_authors(Path(args.ref), name, method, args.bs, str(device),
@@ -294,7 +294,8 @@ def measure(args: argparse.Namespace, name: str, method: str, device: torch.devi
                                            args.data_root and Path(args.data_root)))
             except AuthorsMissing as err:
                 fail(str(err))
-            line += f", authors {statistics.median(theirs[-1][0]):.4g} s/it"
+            line += (f", authors {statistics.median(theirs[-1][0]):.4g} s/it "
+                     f"({statistics.median(theirs[-1][1]):.4g} CPU s)")
         print(f"{line} (repetition {rep + 1}/{args.reps})", file=sys.stderr, flush=True)
     row["seconds"] = statistics.median([t for rep in ours for t in rep[0]])
     row["cpu_seconds"] = statistics.median([t for rep in ours for t in rep[1]])
