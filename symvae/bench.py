@@ -133,7 +133,7 @@ def bench_pair(experiment: str, method: str, bs: int, device: torch.device, iter
         # the statistics' values do not matter here: skip to where their weight is fixed
         trainer.learner.guard = False
         trainer.means.count = max(trainer.means.count, EXACT_AVERAGE_STEPS)
-        trainer.capture_at = 0
+        trainer.capture_at = trainer.count + 1  # after one eager iteration made the statistics
     block = 1 if device.type == "cpu" else BLOCK
     times, cpu = time_iterations(trainer, iters, warmup, block)
     median = statistics.median(times)

@@ -92,3 +92,9 @@ def test_capture_is_the_cuda_default_unless_a_host_check_is_asked_for():
     assert capture_count(Args(**{**vars(plain), "nan_policy": "skip"}), cuda) is None
     assert capture_count(Args(**{**vars(plain), "detect_anomaly": True}), cuda) is None
     assert capture_count(Args(**{**vars(plain), "cuda_graph": "off"}), cuda) is None
+
+
+def test_the_benchmark_times_the_replayed_iteration(early_capture):
+    row = bench.bench_pair("mnist-ladder", "elbo", 4, torch.device("cpu"), iters=2, warmup=2,
+                           compiled=False, captured=True)
+    assert row["capture"] and len(row["times"]) == 2 and row["seconds"] > 0
