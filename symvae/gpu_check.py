@@ -168,7 +168,12 @@ def score(report: Report, work: Path, method: str, n: int, sizes: dict,
 
 
 def summary(report: Report, results: dict) -> None:
+    from symvae.fid import weights_path
+    from symvae.gpu_assets import ORIGIN_NOTE
+    note = weights_path().parent / ORIGIN_NOTE
+    origin = note.read_text().strip() if note.is_file() else "pytorch-fid's fp32 file"
     report.say("## 3. Summary (the seed's row: 200k iterations, 70,000 images)")
+    report.say(f"Inception weights: {origin}.")
     report.say("| method | iterations | train s | ms/it | FID n | FID s | random code FID | "
                "limiting FID | seed random code | seed limiting |")
     report.say("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

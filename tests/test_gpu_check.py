@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def test_pack_is_reproducible_and_unpacks_to_the_same_files(tmp_path, data_root,
     for f in fetch.FILES:
         assert (tmp_path / "there/data/MNIST/raw" / f).read_bytes() == (raw / f).read_bytes()
     full = torch.load(tmp_path / "there/torch/hub/checkpoints" / gpu_assets.WEIGHTS_FILE)
+    assert (tmp_path / "there/torch/hub/checkpoints" / gpu_assets.ORIGIN_NOTE).is_file()
     assert full.keys() == state.keys()
     for name, value in state.items():
         want = value.half().float() if value.is_floating_point() else value
@@ -86,7 +88,7 @@ def test_the_gpu_script_dry_run_on_the_cpu(tmp_path):
     data_root = write_dataset(tmp_path / "data", "mnist", n_train=200, n_test=100)
     out = tmp_path / "out"
     env = dict(os.environ, SYMVAE_DATA=str(data_root), SYMVAE_GPU_ASSETS=str(tmp_path / "none"),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", PYTHON=sys.executable)
     proc = subprocess.run(["bash", "scripts/gpu_check.sh", str(out), "--device", "cpu",
                            "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
