@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 DEMO := --call_prefix demo --nz0 30 --nz1 100 --device cpu
 
-.PHONY: setup demo test reproduce
+.PHONY: setup demo test reproduce gpu-assets
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,9 @@ test: setup
 PRESET ?= readme
 reproduce: setup
 	$(PY) -m symvae.reproduce --preset $(PRESET) $(ARGS)
+
+# What scripts/gpu_check.sh needs on a GPU machine without internet, packed into .gpu/ (ignored,
+# about 56 MB): MNIST gzipped, pytorch-fid's wheel, fp16 Inception weights; AUTHORS=DIR adds
+# the authors' mnist-ladder scripts from their checkout, to be timed beside ours.
+gpu-assets: setup
+	$(PY) -m symvae.gpu_assets pack --out .gpu $(if $(AUTHORS),--ref $(AUTHORS))

@@ -1,11 +1,34 @@
 #!/usr/bin/env bash
-# GPU check (docs/benchmarks.md): every experiment x method at batch 1024 on CUDA, eager and
-# torch.compile'd, on synthetic data (no data set, no network). About 3-4 minutes on an H100;
-# prints one markdown table and writes docs/bench-gpu.json and docs/bench-gpu.md.
-#   scripts/gpu_check.sh                 # uses `python`; PYTHON=/path/to/python to override
+# The prepared GPU check (docs/gpu.md): our training step and the authors' side by side, then
+# one row of the seed's table (both methods trained, both FIDs), within about 8 minutes on one
+# H100. Prints as it goes and writes its results into OUT (at most 8 files).
+#   scripts/gpu_check.sh OUT [--budget_s 480]            # on the GPU machine
+#   scripts/gpu_check.sh OUT --device cpu --dry-run      # anywhere: tiny sizes, to test it
+# What the machine lacks travels in .gpu/ (`make gpu-assets`, or $SYMVAE_GPU_ASSETS): MNIST as
+# gzipped IDX files, pytorch-fid's wheel, its Inception weights in fp16 and the authors' code;
+# they are unpacked into a temporary folder, installed offline, and used from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-"${PYTHON:-python}" -m symvae.bench --gpu-check --out docs/bench-gpu.json --md docs/bench-gpu.md "$@"
+out=${1:?usage: scripts/gpu_check.sh OUT [--device cpu --dry-run] [--budget_s S]}
+shift
+mkdir -p "$out"
+py=${PYTHON:-python3}
+assets=${SYMVAE_GPU_ASSETS:-.gpu}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# the commit, from git or (on a machine given a copy without .git) from the caller
+SYMVAE_COMMIT=${SYMVAE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+export SYMVAE_COMMIT
+extra=()
+if [ -d "$assets" ]; then
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    "$py" -m pip install -q --no-index --no-deps --no-cache-dir --target "$work/site" \
+        "$assets"/wheels/*.whl
+    export PYTHONPATH="$PYTHONPATH:$work/site"
+    "$py" -m symvae.gpu_assets unpack --assets "$assets" --dest "$work"
+    export SYMVAE_DATA="$work/data" TORCH_HOME="$work/torch"
+    if [ -d "$assets/authors" ]; then extra+=(--ref "$assets/authors"); fi
+fi
+if [ -n "${SYMVAE_AUTHORS:-}" ]; then extra+=(--ref "$SYMVAE_AUTHORS"); fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+"$py" -m symvae.gpu_check "$out" "${extra[@]}" "$@" 2>&1 | tee "$out/gpu_check.log"

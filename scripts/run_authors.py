@@ -12,32 +12,14 @@ and only what selects the device is changed: `torch.cuda.current_device()` answe
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import runpy
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from symvae.authors_run import AuthorsMissing, prepare, run_script
 from symvae.data import default_data_root
-
-
-def prepare(ref: Path, experiment: str, workdir: Path, data_root: Path) -> Path:
-    """A copy of the authors' experiment folder in `workdir` with ./data pointing at our data."""
-    source = ref / experiment
-    if not (source / "hvae.py").is_file():
-        raise SystemExit(f"error: {source}: no hvae.py; --ref must be a checkout of the authors' "
-                         "repository")
-    workdir.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.suffix == ".py":
-            shutil.copy2(item, workdir / item.name)
-    link = workdir / "data"
-    if not link.exists():
-        link.symlink_to(data_root.resolve(), target_is_directory=True)
-    return workdir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,20 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("script", help="their script, e.g. main_sym.py")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     a = parser.parse_args(argv)
-    folder = prepare(a.ref, a.experiment, a.workdir, a.data_root or default_data_root())
-
-    import numpy as np
-    import torch
-    device = torch.device(a.device)
-    torch.cuda.current_device = lambda: device  # their only device choice
+    try:
+        folder = prepare(a.ref, a.experiment, a.workdir, a.data_root or default_data_root())
+    except AuthorsMissing as err:
+        raise SystemExit(f"error: --ref {err}") from None
     if a.seed is not None:
+        import numpy as np
+        import torch
         random.seed(a.seed)
         np.random.seed(a.seed)
         torch.manual_seed(a.seed)
-    os.chdir(folder)
-    sys.path.insert(0, str(folder))
-    sys.argv = [a.script, *[x for x in a.args if x != "--"]]
-    runpy.run_path(a.script, run_name="__main__")
+    run_script(folder, a.device, a.script, [x for x in a.args if x != "--"])
     return 0
 
 

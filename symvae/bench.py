@@ -1,7 +1,8 @@
 """Training speed of every experiment x method, as figures (docs/benchmarks.md).
 
     python -m symvae.bench --all --bs 1024 --out docs/bench-cpu.json
-    python -m symvae.bench --gpu-check            # CUDA, all pairs, with and without --compile
+    python -m symvae.bench --experiments mnist-ladder --ref /path/to/authors --reps 3
+    python -m symvae.bench --gpu-check            # CUDA, all pairs, eager and captured
     python -m symvae.bench --png                  # generate_data's PNG writer vs save_image
 
 An iteration is exactly the training loop's (`Trainer.iteration`: batch draw,
@@ -11,6 +12,13 @@ data set is needed. Each configuration is warmed up, then timed iteration by
 iteration; the table gives the median. Work is counted with torch's FLOP counter
 on one iteration, and the machine's fp32 matmul peak is measured in the same
 run, so the fraction of peak is comparable under whatever load the run met.
+
+With `--ref DIR` (a checkout of the authors' repository) their unmodified
+scripts are timed beside ours in the same run (symvae.authors_run), alternating
+ours and theirs `--reps` times, and only these same-run ratios are reported.
+With `--capture`, the iteration is also timed replayed from a CUDA graph
+(symvae.capture); on accelerators iterations are timed in blocks of
+BLOCK with one synchronisation per block, as a run issues them.
 """
 from __future__ import annotations
 
@@ -27,20 +35,16 @@ from types import SimpleNamespace
 import torch
 
 from symvae import runtime
+from symvae.authors_run import AuthorsMissing, time_authors
 from symvae.cli import fail, pick_device
 from symvae.data import REPO_ROOT, DeviceData
 from symvae.experiment import EXPERIMENTS, load_model_class
+from symvae.stats import EXACT_AVERAGE_STEPS
 from symvae.train import Trainer
 
 METHODS = ("sym", "elbo")
 SYNTHETIC_IMAGES = 70000
-# The authors' scripts on a 2-core CPU (torch 2.14.1, 2 threads, batch 1024), seconds per
-# iteration, median of 10+: shipped (anomaly detection on).
-AUTHORS_CPU_1024 = {
-    ("mnist-ladder", "sym"): 7.23, ("mnist-ladder", "elbo"): 4.47,
-    ("mnist-reverse", "sym"): 6.20, ("mnist-reverse", "elbo"): 3.75,
-    ("fmnist-ladder", "sym"): 6.30, ("fmnist-ladder", "elbo"): 4.55,
-}
+BLOCK = 10
 
 
 def sync(device: torch.device) -> None:
@@ -76,11 +80,11 @@ def synthetic_data(model_cls, device: torch.device, n: int = SYNTHETIC_IMAGES) -
 
 
 def build_trainer(experiment: str, method: str, bs: int, device: torch.device,
-                  seed: int = 0) -> Trainer:
+                  seed: int = 0, nz: tuple[int, int] = (30, 100)) -> Trainer:
     """The training loop's Trainer for one experiment x method, on synthetic data."""
     torch.manual_seed(seed)
     model_cls = load_model_class(experiment)
-    model = model_cls(30, 100).to(device)
+    model = model_cls(*nz).to(device)
     args = SimpleNamespace(stepsize=1e-4, nan_policy="stop", bs=bs)
     return Trainer(model, method, synthetic_data(model_cls, device), None, args, device)
 
@@ -93,58 +97,91 @@ def iteration_gflop(trainer: Trainer) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def time_iterations(trainer: Trainer, iters: int, warmup: int) -> tuple[list[float], list[float]]:
-    """(wall seconds, process CPU seconds) of each of `iters` iterations after `warmup` ones.
+def time_iterations(trainer: Trainer, iters: int, warmup: int,
+                    block: int = 1) -> tuple[list[float], list[float]]:
+    """(wall seconds, process CPU seconds) per iteration, `iters` after `warmup` ones.
 
+    Timed `block` iterations at a time, the device synchronised around each block.
     CPU seconds are the robust figure on a shared machine when torch runs one thread:
     they count the work done, not the waiting for a core.
     """
+    for _ in range(warmup):
+        trainer.iteration()
+        trainer.count += 1
     wall, cpu = [], []
-    for i in range(warmup + iters):
+    for _ in range(max(iters // block, 1)):
         sync(trainer.device)
         t, c = time.perf_counter(), time.process_time()
-        trainer.iteration()
+        for _ in range(block):
+            trainer.iteration()
+            trainer.count += 1
         sync(trainer.device)
-        if i >= warmup:
-            wall.append(time.perf_counter() - t)
-            cpu.append(time.process_time() - c)
+        wall.append((time.perf_counter() - t) / block)
+        cpu.append((time.process_time() - c) / block)
     return wall, cpu
 
 
 def bench_pair(experiment: str, method: str, bs: int, device: torch.device, iters: int,
-               warmup: int, compiled: bool) -> dict:
+               warmup: int, compiled: bool, captured: bool = False) -> dict:
+    """Timings of our iteration for one experiment x method (eager, compiled or captured)."""
     trainer = build_trainer(experiment, method, bs, device)
     gflop = iteration_gflop(trainer)  # counted in eager mode; compiling keeps the arithmetic
     started = time.perf_counter()
     if compiled:
         runtime.compile_model(trainer.model)
-    times, cpu = time_iterations(trainer, iters, warmup)
+    if captured:
+        # the statistics' values do not matter here: skip to where their weight is fixed
+        trainer.learner.guard = False
+        trainer.means.count = max(trainer.means.count, EXACT_AVERAGE_STEPS)
+        trainer.capture_at = trainer.count + 1  # after one eager iteration made the statistics
+    block = 1 if device.type == "cpu" else BLOCK
+    times, cpu = time_iterations(trainer, iters, warmup, block)
     median = statistics.median(times)
     return {"experiment": experiment, "method": method, "bs": bs, "device": str(device),
-            "compile": compiled, "seconds": median, "it_per_s": 1 / median,
-            "min_seconds": min(times), "times": times, "cpu_seconds": statistics.median(cpu),
-            "gflop": gflop,
+            "compile": compiled, "capture": captured, "seconds": median,
+            "it_per_s": 1 / median, "min_seconds": min(times), "times": times, "cpu_times": cpu,
+            "cpu_seconds": statistics.median(cpu), "gflop": gflop,
             "gflop_per_s": gflop / median,
-            "setup_seconds": time.perf_counter() - started - sum(times)}
+            "setup_seconds": time.perf_counter() - started - sum(times) * block}
+
+
+def with_authors(row: dict, authors: list[tuple[list[float], list[float]]],
+                 ours: list[tuple[list[float], list[float]]]) -> dict:
+    """Add the authors' timings of the same run: ratio = their median / ours, of wall and of
+    process CPU seconds, over all repetitions and per repetition."""
+    def median(reps, k):
+        return statistics.median([t for rep in reps for t in rep[k]])
+    row.update(authors_seconds=median(authors, 0), authors_cpu_seconds=median(authors, 1),
+               authors_times=authors, ours_times=ours,
+               ratio=median(authors, 0) / median(ours, 0),
+               cpu_ratio=median(authors, 1) / median(ours, 1),
+               ratios=[median([a], 0) / median([o], 0)
+                       for a, o in zip(authors, ours, strict=True)])
+    return row
 
 
 def markdown(rows: list[dict], peak: float) -> str:
-    """The results as a markdown table (with the authors' figures where they apply)."""
-    authors = any(r["device"] == "cpu" and r["bs"] == 1024 for r in rows)
-    head = ["experiment", "method", "compile", "s/it (median)", "it/s", "CPU s/it", "GFLOP/it",
+    """The results as a markdown table (with the authors' same-run figures where timed)."""
+    authors = any("authors_seconds" in r for r in rows)
+    head = ["experiment", "method", "mode", "s/it (median)", "it/s", "CPU s/it", "GFLOP/it",
             "GFLOP/s", "% of peak"]
     if authors:
-        head += ["authors s/it", "speed-up"]
+        head += ["authors s/it", "authors CPU s/it", "authors / ours (same run)",
+                 "per repetition", "CPU s ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        cells = [r["experiment"], r["method"], "yes" if r["compile"] else "no",
+        mode = "captured" if r.get("capture") else "compiled" if r["compile"] else "eager"
+        cells = [r["experiment"], r["method"], mode,
                  f"{r['seconds']:.4g}", f"{r['it_per_s']:.3g}", f"{r['cpu_seconds']:.4g}",
                  f"{r['gflop']:.1f}",
                  f"{r['gflop_per_s']:.1f}", f"{100 * r['gflop_per_s'] / peak:.0f}%"]
         if authors:
-            ref = AUTHORS_CPU_1024.get((r["experiment"], r["method"]))
-            ok = ref is not None and r["device"] == "cpu" and r["bs"] == 1024
-            cells += [f"{ref:.2f}" if ok else "", f"{ref / r['seconds']:.2f}x" if ok else ""]
+            ok = "authors_seconds" in r
+            cells += [f"{r['authors_seconds']:.4g}" if ok else "",
+                      f"{r['authors_cpu_seconds']:.4g}" if ok else "",
+                      f"{r['ratio']:.2f}x" if ok else "",
+                      ", ".join(f"{x:.2f}" for x in r["ratios"]) if ok else "",
+                      f"{r['cpu_ratio']:.2f}x" if ok else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -209,11 +246,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="untimed iterations first (default 1 on CPU, 5 on accelerators)")
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                    help="torch.compile the networks: no, yes, or both side by side")
+    p.add_argument("--capture", choices=["no", "yes", "both"], default="no",
+                   help="replay the iteration as a CUDA graph: no, yes, or both beside eager")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--tf32", action="store_true",
                    help="CUDA: TF32 matrix products (default fp32, as training's default)")
+    p.add_argument("--ref", default=None,
+                   help="a checkout of the authors' repository: time their scripts too, "
+                        "alternating with ours (needs the data under --data_root)")
+    p.add_argument("--reps", type=int, default=1,
+                   help="repetitions, alternating ours and the authors' (with --ref)")
+    p.add_argument("--data_root", default=None, help="data for the authors' scripts (--ref)")
     p.add_argument("--gpu-check", action="store_true",
-                   help="the GPU check: --all --bs 1024 --device cuda --compile both")
+                   help="the GPU check: --all --bs 1024 --device cuda --capture both")
     p.add_argument("--png", action="store_true",
                    help="benchmark generate_data's PNG writing instead of training")
     p.add_argument("--png_images", type=int, default=5000, help="images for --png")
@@ -223,11 +268,41 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--md", default=None, help="write the markdown table here")
     args = p.parse_args(argv)
     if args.gpu_check:
-        args.all, args.bs, args.compile = True, 1024, "both"
+        args.all, args.bs, args.capture = True, 1024, "both"
         args.device = "cuda" if args.device == "auto" else args.device
     if args.bs < 1:
         fail(f"--bs {args.bs}: must be a positive batch size")
+    if args.reps < 1:
+        fail(f"--reps {args.reps}: must be a positive number of repetitions")
+    if args.ref is not None and not Path(args.ref, "mnist-ladder", "hvae.py").is_file():
+        fail(f"--ref {args.ref}: not a checkout of the authors' repository (no "
+             "mnist-ladder/hvae.py); clone github.com/dschles70/symvae-aistats2024")
     return args
+
+
+def measure(args: argparse.Namespace, name: str, method: str, device: torch.device, iters: int,
+            warmup: int, compiled: bool, captured: bool) -> dict:
+    """Ours (and with --ref the authors', alternating) for one experiment x method."""
+    ours, theirs, row = [], [], {}
+    for rep in range(args.reps):
+        row = bench_pair(name, method, args.bs, device, iters, warmup, compiled, captured)
+        ours.append((row["times"], row["cpu_times"]))
+        mode = "captured" if captured else "compiled" if compiled else "eager"
+        line = f"{name} {method} {mode}: ours {row['seconds']:.4g} s/it ({row['cpu_seconds']:.4g} CPU s)"
+        if args.ref and not compiled and not captured:
+            try:
+                theirs.append(time_authors(Path(args.ref), name, method, args.bs, str(device),
+                                           iters, warmup, torch.get_num_threads(),
+                                           args.data_root and Path(args.data_root)))
+            except AuthorsMissing as err:
+                fail(str(err))
+            line += (f", authors {statistics.median(theirs[-1][0]):.4g} s/it "
+                     f"({statistics.median(theirs[-1][1]):.4g} CPU s)")
+        print(f"{line} (repetition {rep + 1}/{args.reps})", file=sys.stderr, flush=True)
+    row["seconds"] = statistics.median([t for rep in ours for t in rep[0]])
+    row["cpu_seconds"] = statistics.median([t for rep in ours for t in rep[1]])
+    row["it_per_s"], row["gflop_per_s"] = 1 / row["seconds"], row["gflop"] / row["seconds"]
+    return with_authors(row, theirs, ours) if theirs else row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,27 +323,32 @@ def main(argv: list[str] | None = None) -> int:
     for name in experiments:
         if name not in present and not Path(name, "hvae.py").is_file():
             fail(f"--experiments {name}: no {name}/hvae.py here; present: {', '.join(present)}")
-    compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    modes = [(c, False) for c in {"no": [False], "yes": [True], "both": [False, True]}
+             [args.compile]]
+    modes += [(False, True)] * (args.capture != "no")
+    if args.capture == "yes":
+        modes = [m for m in modes if m != (False, False)] or [(False, True)]
     info = conditions(device, applied)
     print(f"# {info}", file=sys.stderr)
     peak = matmul_peak(device)
     rows = []
-    for compiled in compiles:  # every eager figure first: compiling is the slow part
+    for compiled, captured in modes:  # every eager figure first: compiling is the slow part
         for name in experiments:
             for method in args.methods:
-                row = bench_pair(name, method, args.bs, device, iters, warmup, compiled)
-                rows.append(row)
-                print(f"{name} {method} compile={compiled}: {row['seconds']:.4g} s/it, "
-                      f"{row['gflop_per_s']:.1f} GFLOP/s", file=sys.stderr, flush=True)
+                rows.append(measure(args, name, method, device, iters, warmup, compiled,
+                                    captured))
     peak = max(peak, matmul_peak(device))  # measured before and after: the better of the two
     info["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     table = markdown(rows, peak)
     print(f"matmul peak {peak:.1f} GFLOP/s ({device}, {info['threads']} threads); "
-          f"batch {args.bs}, median of {iters} after {warmup} warm-up")
+          f"batch {args.bs}, median of {iters} after {warmup} warm-up, {args.reps} "
+          f"repetition(s); load average {info.get('load_average_1min')} at the start, "
+          f"{info['load_average_1min_end']} at the end")
     print(table)
     if args.out:
         Path(args.out).write_text(json.dumps({"conditions": info, "peak_gflop_per_s": peak,
                                               "iters": iters, "warmup": warmup,
+                                              "reps": args.reps, "ref": args.ref,
                                               "results": rows}, indent=1) + "\n")
     if args.md:
         Path(args.md).write_text(table + "\n")

@@ -148,6 +148,9 @@ def train_parser(method: str) -> argparse.ArgumentParser:
     p.add_argument("--nan_policy", choices=["stop", "skip"], default="stop",
                    help="on a non-finite loss: stop keeping the last checkpoint, or skip the batch")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--cuda_graph", choices=["auto", "off"], default="auto",
+                   help="on CUDA, replay each iteration as one captured graph after the "
+                        "first 1000 (auto), or stay eager (off)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even if models/m_TAG.pt exists (it is replaced)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")

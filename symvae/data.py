@@ -208,16 +208,34 @@ class DeviceData:
 
     def batch(self, bs: int) -> Tensor:
         """The next training batch, float [bs,1,28,28] in [0,1], before noise."""
+        self.advance(bs)
+        return self.window(bs)
+
+    def advance(self, bs: int) -> None:
+        """The host's part of a draw: redraw the permutation when due.
+
+        A redraw is copied into the existing permutation tensor, so a captured
+        CUDA graph that reads it (symvae.capture) sees the new order.
+        """
         n = len(self.images)
         period = max(n // bs, 1)
         if self.count % period == period - 1:
             shuffle = torch.randperm(n).to(self.images.device)
-            self.perm = shuffle if self.perm is None else self.perm[shuffle]
+            if self.perm is None:
+                self.perm = shuffle
+            else:
+                self.perm.copy_(self.perm[shuffle])
         self.count += 1
-        start = int(torch.randint(0, max(n - bs, 1), ()))  # bs == n: the whole set
-        if self.perm is None:
-            return self.as_float(self.images[start:start + bs])
-        return self.as_float(self.images[self.perm[start:start + bs]])
+
+    def window(self, bs: int) -> Tensor:
+        """The device's part: a random window of the current order, drawn and gathered on the
+        device without a host synchronisation (so that it can be captured in a graph)."""
+        n, device = len(self.images), self.images.device
+        start = torch.randint(0, max(n - bs, 1), (1,), device=device)  # bs == n: the whole set
+        index = start + torch.arange(bs, device=device)
+        if self.perm is not None:
+            index = self.perm.index_select(0, index)
+        return self.as_float(self.images.index_select(0, index))
 
     def state_dict(self) -> dict:
         return {"perm": None if self.perm is None else self.perm.cpu(), "count": self.count}

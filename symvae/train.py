@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from symvae import checkpoint as ckpt_io
 from symvae import runtime
+from symvae.capture import capture_count
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
     TRAIN_BYTES_PER_IMAGE,
@@ -80,6 +81,9 @@ class Trainer:
         # the grid's running limiting chain, drawn from the training RNG as the authors draw it
         self.chain = chain_start(model, model.chain_start, GRID_COLUMNS)
         self.grid_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (clean, noisy)
+        # the iteration runs eagerly until count `capture_at`, then as a replayed graph
+        self.capture_at: int | None = None
+        self.captured = None
         self.stop_signal: str | None = None
         self.log_file = None
 
@@ -193,8 +197,23 @@ class Trainer:
 
     # --- loop -----------------------------------------------------------------
     def iteration(self) -> None:
-        """One learning step, its statistics, then one sampled step of the grid's chain."""
-        clean = self.data.batch(self.args.bs)
+        """One training iteration: the host's sampler bookkeeping, then the device's work,
+        replayed from a CUDA graph once one is captured (symvae.capture)."""
+        self.data.advance(self.args.bs)
+        if self.captured is not None:
+            self.captured.replay()
+        elif self.capture_at is not None and self.count >= self.capture_at \
+                and self.data.perm is not None:  # small batches keep the stored order longer
+            from symvae.capture import capture_iteration
+            self.captured = capture_iteration(self)
+        else:
+            self.device_iteration()
+
+    def device_iteration(self) -> None:
+        """Batch draw, noise, the learning step, its statistics, then one sampled step of the
+        grid's chain, all on the device: no host synchronisation, so that one CUDA graph can
+        hold it."""
+        clean = self.data.window(self.args.bs)
         x = self.noise(clean)
         logs, logits = self.learner.step(x)
         for group, tracker in self.mi.items():
@@ -344,6 +363,7 @@ def _train(model: HVAE, method: str, data: DeviceData, files: RunFiles, args,
         torch.autograd.set_detect_anomaly(True)
     model.to(device)
     trainer = Trainer(model, method, data, files, args, device)
+    trainer.capture_at = capture_count(args, device)
     try:
         note = trainer.restore(ckpt, source) if ckpt is not None else None
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:  # a crafted file

@@ -205,7 +205,19 @@ def test_bench_writes_table_and_json(tmp_path, capsys):
     assert [(r["experiment"], r["method"]) for r in result["results"]] == \
         [("mnist-ladder", "sym"), ("mnist-ladder", "elbo")]
     assert all(r["gflop"] > 0 and r["seconds"] > 0 for r in result["results"])
-    assert "| mnist-ladder | sym | no |" in capsys.readouterr().out
+    assert "| mnist-ladder | sym | eager |" in capsys.readouterr().out
+
+
+def test_authors_ratios_are_taken_within_the_run():
+    """Their median over ours, over all repetitions and per repetition (wall, CPU)."""
+    row = bench.with_authors({}, authors=[([2.0, 2.0], [4.0, 4.0]), ([3.0], [6.0])],
+                             ours=[([1.0], [2.0]), ([1.0], [3.0])])
+    assert row["ratio"] == 2.0 and row["ratios"] == [2.0, 3.0]
+    assert row["cpu_ratio"] == 4.0 / 2.5
+    table = bench.markdown([{**row, "experiment": "e", "method": "sym", "compile": False,
+                             "seconds": 1.0, "it_per_s": 1.0, "cpu_seconds": 2.5,
+                             "gflop": 1.0, "gflop_per_s": 1.0}], peak=10.0)
+    assert "| 2.00x | 2.00, 3.00 | 1.60x |" in table
 
 
 def test_png_writer_writes_what_save_image_writes():

@@ -1,0 +1,273 @@
+"""The GPU check behind scripts/gpu_check.sh: speed, then one row of the seed's table.
+
+    python -m symvae.gpu_check OUT [--ref AUTHORS] [--budget_s 480] [--device cuda]
+    python -m symvae.gpu_check OUT --device cpu --dry-run        # seconds, tiny sizes
+
+1. mnist-ladder symmetric and ELBO at batch 1024, ours eager and captured and the
+   authors' scripts (with --ref), on the same device in the same run: ms per iteration;
+2. both methods trained for as many iterations as the budget allows (at most the
+   seed's 200k), then both FIDs on as many images as fit, with 1000-step chains;
+3. a summary table beside the seed's figures.
+Everything is printed as it happens and kept in OUT (at most 8 files, for the
+device machine's return path): gpu_check.md, gpu_check.json, train_logs.txt,
+m_sym.pt, m_elbo.pt (fp32 weights only), img_sym.png, img_elbo.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from symvae import bench
+from symvae.cli import fail, pick_device
+from symvae.data import REPO_ROOT
+
+EXPERIMENT = "mnist-ladder"
+METHODS = ("sym", "elbo")
+SEED_FIDS = {"sym": (1.6543, 4.1015), "elbo": (3.2227, 36.6440)}  # random code, limiting
+SEED_ITERATIONS = 200_000
+STARTUP_S = 15.0
+FULL = {"bs": 1024, "bench_iters": 100, "bench_warmup": 20, "fid_n": 70_000,
+        "chain_steps": 1000, "chain_bs": 10_000, "feature_bs": 500, "min_iterations": 1000,
+        "max_iterations": SEED_ITERATIONS}
+DRY = {"bs": 8, "bench_iters": 2, "bench_warmup": 1, "fid_n": 20, "chain_steps": 3,
+       "chain_bs": 10, "feature_bs": 10, "min_iterations": 4, "max_iterations": 4}
+
+
+class Report:
+    """Prints each line at once and keeps the markdown report and the JSON record in OUT."""
+
+    def __init__(self, out: Path, info: dict):
+        self.out, self.lines, self.record = out, [], {"conditions": info}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def say(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+        (self.out / "gpu_check.md").write_text("\n".join(self.lines) + "\n")
+
+    def keep(self, key: str, value) -> None:
+        self.record[key] = value
+        (self.out / "gpu_check.json").write_text(json.dumps(self.record, indent=1) + "\n")
+
+
+def speed(report: Report, device: torch.device, sizes: dict, ref: Path | None,
+          data_root: str | None) -> dict[str, float]:
+    """Median ms per iteration, ours eager and captured and the authors'; returns ours
+    captured (or eager where capture does not apply) per method, in seconds."""
+    from symvae.authors_run import AuthorsMissing, time_authors
+    report.say(f"## 1. Speed: {EXPERIMENT}, batch {sizes['bs']}, {device}")
+    report.say("| method | ours eager ms/it | ours captured ms/it | authors ms/it | "
+               "authors / ours (fastest) |")
+    report.say("| --- | --- | --- | --- | --- |")
+    fastest, rows = {}, []
+    for method in METHODS:
+        row = {"method": method}
+        for mode in ("eager", "captured"):
+            if mode == "captured" and device.type != "cuda":
+                continue
+            r = bench.bench_pair(EXPERIMENT, method, sizes["bs"], device, sizes["bench_iters"],
+                                 sizes["bench_warmup"], False, captured=mode == "captured")
+            row[mode] = r["seconds"]
+        if ref is not None:
+            try:
+                times, _ = time_authors(ref, EXPERIMENT, method, sizes["bs"], str(device),
+                                        sizes["bench_iters"], sizes["bench_warmup"],
+                                        torch.get_num_threads(), data_root and Path(data_root))
+                row["authors"] = statistics.median(times)
+            except AuthorsMissing as err:  # the run goes on: our figures still count
+                report.say(f"authors' code not timed: {err}")
+        ours = row.get("captured", row["eager"])
+        fastest[method] = ours
+        ms = [f"{1e3 * row[k]:.3f}" if k in row else "-" for k in ("eager", "captured",
+                                                                   "authors")]
+        ratio = f"{row['authors'] / ours:.1f}x" if "authors" in row else "-"
+        report.say(f"| {method} | {' | '.join(ms)} | {ratio} |")
+        rows.append(row)
+    report.keep("speed", rows)
+    return fastest
+
+
+def train(report: Report, work: Path, method: str, iterations: int, sizes: dict,
+          device: torch.device, data_root: str | None) -> dict:
+    """Our main_*.py in a copy of the experiment folder; returns iterations and seconds."""
+    script = {"sym": "main_sym.py", "elbo": "main_elbo.py"}[method]
+    cmd = [sys.executable, script, "--call_prefix", method, "--nz0", "30", "--nz1", "100",
+           "--stepsize", "1e-4", "--bs", str(sizes["bs"]), "--niterations", str(iterations),
+           "--save_period", str(iterations), "--log_period", str(max(iterations // 20, 1)),
+           "--device", str(device), "--seed", "0", "--no_progress", "--overwrite"]
+    code, seconds = run_child(report, cmd, work, data_root)
+    if code != 0:
+        report.say(f"training failed (exit status {code}); see the output above")
+        raise SystemExit(1)
+    return {"iterations": iterations, "seconds": seconds}
+
+
+def run_child(report: Report, cmd: list[str], work: Path, data_root: str | None
+              ) -> tuple[int, float]:
+    """Run one of our commands in `work`, its output going straight to ours;
+    returns (exit status, wall seconds)."""
+    if data_root:
+        cmd = [*cmd, "--data_root", data_root]
+    report.say(f"$ {' '.join(cmd[1:])}")
+    t = time.perf_counter()
+    code = subprocess.run(cmd, cwd=work, check=False).returncode
+    return code, time.perf_counter() - t
+
+
+def fid_probe(work: Path, method: str, sizes: dict, device: torch.device) -> float:
+    """Estimated seconds per generated image of the score command (chain + Inception),
+    from 20 chain steps of chain_bs chains and one Inception batch."""
+    from symvae.experiment import load_model_class
+    from symvae.fid import inception_features, inception_input
+    from symvae.sampling import run_chain
+    model = load_model_class(work)(30, 100).to(device)
+    model.load_state_dict(torch.load(work / "models" / f"m_{method}.pt", map_location=device,
+                                     weights_only=False)["model"])
+    steps, n = min(20, sizes["chain_steps"]), sizes["chain_bs"]
+    bench.sync(device)
+    t = time.perf_counter()
+    run_chain(model, model.pixels.chain_start(n, device), steps)
+    bench.sync(device)
+    chain = (time.perf_counter() - t) / steps * sizes["chain_steps"] / n
+    features = inception_features(device)
+    x = model.pixels.chain_start(sizes["feature_bs"], device)
+    with torch.inference_mode():
+        features(inception_input(x))  # warm-up
+        bench.sync(device)
+        t = time.perf_counter()
+        features(inception_input(x))
+        bench.sync(device)
+    inception = (time.perf_counter() - t) / len(x)
+    return chain + 2 * inception  # two image sets per generated index
+
+
+def score(report: Report, work: Path, method: str, n: int, sizes: dict,
+          device: torch.device, data_root: str | None) -> dict:
+    """Our score command (symvae.fid) on the trained model."""
+    cmd = [sys.executable, "-m", "symvae.fid", "--call_prefix", method, "--nz0", "30",
+           "--nz1", "100", "--n", str(n), "--chain_steps", str(sizes["chain_steps"]),
+           "--bs", str(sizes["chain_bs"]), "--feature_bs", str(sizes["feature_bs"]),
+           "--device", str(device), "--seed", "0", "--no_progress"]
+    code, seconds = run_child(report, cmd, work, data_root)
+    if code != 0:
+        report.say(f"scoring failed (exit status {code}); see the output above")
+        return {"n": n, "seconds": seconds}
+    record = json.loads((work / "fid_results.json").read_text())[-1]
+    return {"n": n, "seconds": seconds, "random_code_fid": record["random_code_fid"],
+            "limiting_fid": record["limiting_fid"]}
+
+
+def summary(report: Report, results: dict) -> None:
+    from symvae.fid import weights_path
+    from symvae.gpu_assets import ORIGIN_NOTE
+    note = weights_path().parent / ORIGIN_NOTE
+    origin = note.read_text().strip() if note.is_file() else "pytorch-fid's fp32 file"
+    report.say("## 3. Summary (the seed's row: 200k iterations, 70,000 images)")
+    report.say(f"Inception weights: {origin}.")
+    report.say("| method | iterations | train s | ms/it | FID n | FID s | random code FID | "
+               "limiting FID | seed random code | seed limiting |")
+    report.say("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for method, r in results.items():
+        fid = [f"{r[k]:.4f}" if k in r else "-" for k in ("random_code_fid", "limiting_fid")]
+        report.say(f"| {method} | {r['iterations']} | {r['seconds']:.1f} | "
+                   f"{1e3 * r['seconds'] / r['iterations']:.3f} | {r.get('n', '-')} | "
+                   f"{r.get('fid_seconds', 0):.1f} | {' | '.join(fid)} | "
+                   f"{SEED_FIDS[method][0]} | {SEED_FIDS[method][1]} |")
+
+
+def bring_back(out: Path, work: Path) -> None:
+    """Weights (fp32, model only), grids and the training logs into OUT."""
+    logs = []
+    for method in METHODS:
+        model = work / "models" / f"m_{method}.pt"
+        if model.is_file():
+            state = torch.load(model, map_location="cpu", weights_only=False)["model"]
+            torch.save({k: v.float() for k, v in state.items()}, out / f"m_{method}.pt")
+        if (work / "images" / f"img_{method}.png").is_file():
+            shutil.copy2(work / "images" / f"img_{method}.png", out / f"img_{method}.png")
+        log = work / "logs" / f"log-{method}.txt"
+        if log.is_file():
+            logs.append(f"==> {log.name} <==\n{log.read_text()}")
+    (out / "train_logs.txt").write_text("\n".join(logs))
+
+
+def plan_iterations(seconds_left: float, per_iteration: float, sizes: dict) -> int:
+    """Iterations that fit in `seconds_left` (10% margin, start-up costs aside), in
+    thousands, between min_iterations and max_iterations (the seed's 200k)."""
+    fit = int(seconds_left / (1.1 * per_iteration))
+    if fit >= 1000:
+        fit -= fit % 1000
+    return max(sizes["min_iterations"], min(sizes["max_iterations"], fit))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", type=Path, help="folder for the results")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--ref", type=Path, default=None, help="the authors' repository checkout")
+    p.add_argument("--data_root", default=None)
+    p.add_argument("--budget_s", type=float, default=None,
+                   help="seconds for the whole check (default 480: 8 minutes; no limit with "
+                        "--dry-run, whose sizes are fixed)")
+    p.add_argument("--dry-run", action="store_true", help="tiny sizes (tests, CPU)")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    device = pick_device(args.device)
+    if args.ref is not None and not (args.ref / EXPERIMENT / "hvae.py").is_file():
+        fail(f"--ref {args.ref}: no {EXPERIMENT}/hvae.py; give the authors' repository")
+    sizes = DRY if args.dry_run else FULL
+    if args.budget_s is None:
+        args.budget_s = 1e9 if args.dry_run else 480.0
+    info = bench.conditions(device, {})
+    info["commit"] = os.environ.get("SYMVAE_COMMIT", "unknown")
+    report = Report(args.out, info)
+    report.say(f"# GPU check {info['date']} on {info.get('gpu', device)}, torch "
+               f"{torch.__version__}, commit {info['commit']}")
+    per_iteration = speed(report, device, sizes, args.ref, args.data_root)
+
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - start)
+    report.say("## 2. Training and FID")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        work = Path(tmp) / EXPERIMENT
+        shutil.copytree(REPO_ROOT / EXPERIMENT, work, ignore=shutil.ignore_patterns(
+            "images", "logs", "models", "generated_data", "__pycache__"))
+        # 55% of what is left goes to training, evenly; each run first starts up (data,
+        # the eager exact-average phase, capture): STARTUP_S of its share
+        share = left() * 0.55 / len(METHODS) - STARTUP_S
+        for method in METHODS:
+            iterations = plan_iterations(share, per_iteration[method], sizes)
+            results[method] = train(report, work, method, iterations, sizes, device,
+                                    args.data_root)
+            r = results[method]
+            report.say(f"{method}: {r['iterations']} iterations in {r['seconds']:.1f} s")
+            report.keep("results", results)
+        for i, method in enumerate(METHODS):
+            per_image = fid_probe(work, method, sizes, device)
+            # 1.5: the first score also computes the data statistics (one Inception pass)
+            fit = int((left() - 20) / (len(METHODS) - i) / (1.5 * per_image))
+            n = max(2, min(sizes["fid_n"], fit - fit % 1000 if fit >= 1000 else fit))
+            report.say(f"{method}: about {1e3 * per_image:.3f} ms per image and set pair; "
+                       f"scoring {n} images")
+            r = score(report, work, method, n, sizes, device, args.data_root)
+            results[method].update(r, fid_seconds=r.pop("seconds"))
+            report.keep("results", results)
+        bring_back(args.out, work)
+    summary(report, results)
+    report.say(f"total {time.perf_counter() - start:.0f} s of a {args.budget_s:.0f} s budget")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
