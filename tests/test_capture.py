@@ -79,6 +79,9 @@ def test_capture_needs_the_guard_off_and_the_fixed_weight(early_capture):
     with pytest.raises(CaptureError, match="finiteness"):
         capture_iteration(trainer)
     trainer.learner.guard = False
+    with pytest.raises(CaptureError, match="stored order"):  # nothing permuted yet
+        capture_iteration(trainer)
+    trainer.data.advance(len(trainer.data))  # period 1: the first draw permutes
     with pytest.raises(CaptureError, match="weight"):
         capture_iteration(trainer)
 

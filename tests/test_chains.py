@@ -187,8 +187,8 @@ def test_grid_rows_are_the_authors(name, rows, monkeypatch, tmp_path):
 def test_grid_batch_is_the_first_images_of_the_training_batch(monkeypatch):
     t = trainer("mnist-ladder")
     batches = []
-    batch = t.data.batch
-    monkeypatch.setattr(t.data, "batch", lambda bs: batches.append(batch(bs)) or batches[-1])
+    window = t.data.window
+    monkeypatch.setattr(t.data, "window", lambda bs: batches.append(window(bs)) or batches[-1])
     t.iteration()
     clean, noisy = t.grid_batch
     assert torch.equal(clean, batches[0][:GRID_COLUMNS])
