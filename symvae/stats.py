@@ -50,8 +50,9 @@ class BitMI:
     """
 
     def __init__(self, bits: int, device: torch.device | str = "cpu") -> None:
-        self.m = torch.full((bits,), 0.5, device=device)
-        self.mi = torch.zeros(bits, device=device)
+        # float32 whatever the default dtype, as the logits are folded in (update)
+        self.m = torch.full((bits,), 0.5, dtype=torch.float32, device=device)
+        self.mi = torch.zeros(bits, dtype=torch.float32, device=device)
 
     def update(self, logits: Tensor) -> None:
         """Fold in one batch of conditional logits [B, bits]."""
