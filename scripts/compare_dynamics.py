@@ -7,7 +7,9 @@ Both codes write `time: T count: C len: L name: value ...` lines every 100 updat
 authors' count C is the 0-based index of the last update (99 after 100 updates), ours the
 number of updates (100). Lines are aligned by the number of updates. Prints a markdown table:
 mean and sample standard deviation over the runs of each figure at each update count, and
-per run the first logged update count at which the onset figure exceeds its threshold.
+per run the first logged update count at which the onset figure exceeds its threshold. The
+last column is ours minus the authors' mean with its standard error sqrt(s1²/n1 + s2²/n2):
+a difference of a few standard errors is more than the seed-to-seed spread explains.
 """
 from __future__ import annotations
 
@@ -48,26 +50,40 @@ def summary(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def difference(ours: list[float], theirs: list[float]) -> str:
+    """Difference of the means, with its standard error when both sides have two runs."""
+    if not ours or not theirs:
+        return "–"
+    diff = statistics.mean(ours) - statistics.mean(theirs)
+    if len(ours) < 2 or len(theirs) < 2:
+        return f"{diff:+.4f}"
+    se = (statistics.variance(ours) / len(ours) + statistics.variance(theirs) / len(theirs)) ** .5
+    return f"{diff:+.4f} ± {se:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ours", type=Path, nargs="+", required=True)
-    parser.add_argument("--theirs", type=Path, nargs="+", required=True)
+    parser.add_argument("--ours", type=Path, nargs="*", default=[])
+    parser.add_argument("--theirs", type=Path, nargs="*", default=[])
     parser.add_argument("--at", type=int, nargs="+", default=[1000, 2000, 3000, 4000])
     parser.add_argument("--names", nargs="+", default=["plossx", "ploss1"])
     parser.add_argument("--onset", default="qmi1:0.1", help="NAME:THRESHOLD")
     args = parser.parse_args(argv)
+    if not args.ours and not args.theirs:
+        parser.error("no logs: give --ours and/or --theirs log files")
     onset_name, threshold = args.onset.split(":")
     codes = {"ours": [read_log(p, False) for p in args.ours],
              "authors": [read_log(p, True) for p in args.theirs]}
 
     print(f"| figure | updates | ours (n={len(codes['ours'])}) | "
-          f"authors (n={len(codes['authors'])}) |")
-    print("| --- | --- | --- | --- |")
+          f"authors (n={len(codes['authors'])}) | ours − authors |")
+    print("| --- | --- | --- | --- | --- |")
     for name in args.names:
         for at in args.at:
-            cells = [summary([r[at][name] for r in runs if at in r and name in r[at]])
-                     for runs in codes.values()]
-            print(f"| {name} | {at} | {cells[0]} | {cells[1]} |")
+            values = [[r[at][name] for r in runs if at in r and name in r[at]]
+                      for runs in codes.values()]
+            print(f"| {name} | {at} | {summary(values[0])} | {summary(values[1])} | "
+                  f"{difference(*values)} |")
     for code, runs in codes.items():
         found = [onset(r, onset_name, float(threshold)) for r in runs]
         last = [max(r) if r else 0 for r in runs]
