@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         found = [onset(r, onset_name, float(threshold)) for r in runs]
         last = [max(r) if r else 0 for r in runs]
         text = ", ".join(str(f) if f is not None else f"not by {n}" for f, n in zip(found, last))
+        text = text or "no runs"
         print(f"\nfirst update with {onset_name} > {threshold}, {code}: {text}")
     return 0
 

@@ -47,5 +47,6 @@ def test_one_code_alone_and_no_logs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| plossx | 1000 | – | 0.3300 | – |" in proc.stdout
     assert "authors: 1000" in proc.stdout
+    assert "ours: no runs" in proc.stdout
     proc = compare("--at", "1000")
     assert proc.returncode == 2 and "no logs" in proc.stderr
