@@ -71,7 +71,7 @@ PRESETS = {p.name: p for p in (
            (("fmnist-ladder", {"niterations": 280_000, "nz0": 50, "nz1": 200}),)),
     # About an hour for mnist-ladder's two rows on the 2-core CPU (see estimate_seconds):
     # 5,000 updates at batch 64, FID on 1,000 images with 100-step chains.
-    Preset("quick", "mnist-ladder on a 2-core CPU in about an hour", ("mnist-ladder",),
+    Preset("quick", "mnist-ladder on a 2-core CPU in about 80 minutes", ("mnist-ladder",),
            replace(README, niterations=5000, bs=64, n=1000, chain_steps=100, fid_bs=500,
                    save_period=500)),
     # About 8 minutes for mnist-ladder's two rows on one H100 by the assumed GPU rates below.
