@@ -6,7 +6,7 @@
 #   scripts/dynamics.sh REF OUT      # REF: a checkout of the authors' repository
 # CODES="authors ours" (default) or one of them: the runs are deterministic per seed and code,
 # so the two codes' runs may be made at different times into the same OUT.
-# On the 2-core CPU with JOBS=2: about 0.76 s (ours) and 1.0 s (theirs) per update and run,
+# On the 2-core CPU with JOBS=2: about 0.76 s (ours) and 0.9 s (theirs) per update and run,
 # so 3 + 3 runs of 4000 updates take about three hours.
 set -euo pipefail
 ref=${1:?usage: scripts/dynamics.sh AUTHORS_CHECKOUT OUT_DIR}
@@ -17,6 +17,9 @@ seeds=${SEEDS:-1 2 3}
 updates=${UPDATES:-4000}
 flags="--nz0 30 --nz1 100 --stepsize 1e-4 --bs 64 --niterations $updates"
 export OMP_NUM_THREADS=1 PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# glibc keeps freed memory, as symvae.runtime makes it do for ours, so that neither code pays
+# for page faults (docs/benchmarks.md); their figures stay the same to the last digit
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776}
 
 jobs_file="$out/jobs.txt"
 : > "$jobs_file"
