@@ -51,7 +51,7 @@ def summary(values: list[float]) -> str:
 
 
 def difference(ours: list[float], theirs: list[float]) -> str:
-    """Difference of the means, with its standard error when both sides have two runs."""
+    """Difference of the means, with its standard error when both sides have two runs or more."""
     if not ours or not theirs:
         return "–"
     diff = statistics.mean(ours) - statistics.mean(theirs)

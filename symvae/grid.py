@@ -69,7 +69,7 @@ PRESETS = {p.name: p for p in (
            "nz0/nz1 50/200 for Fashion-MNIST", EXPERIMENTS,
            replace(README, niterations=1_000_000),
            (("fmnist-ladder", {"niterations": 280_000, "nz0": 50, "nz1": 200}),)),
-    # About an hour for mnist-ladder's two rows on the 2-core CPU (see estimate_seconds):
+    # About 80 minutes for mnist-ladder's two rows on the 2-core CPU (docs/quick-table.md):
     # 5,000 updates at batch 64, FID on 1,000 images with 100-step chains.
     Preset("quick", "mnist-ladder on a 2-core CPU in about 80 minutes", ("mnist-ladder",),
            replace(README, niterations=5000, bs=64, n=1000, chain_steps=100, fid_bs=500,

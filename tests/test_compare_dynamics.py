@@ -14,7 +14,7 @@ def write_log(path: Path, rows: dict[int, tuple[float, float]], authors: bool) -
     for count, (plossx, qmi1) in rows.items():
         lines.append(f"time: 1.0 count: {count} len: 0.0005 ploss1: 0.5 plossx: {plossx} "
                      f"qloss0: 0.69 qmi1: {qmi1}")
-    lines.append("time: 2.0 count: 9")  # a line cut short by a crash is skipped
+    lines.append("time: 2.0 count: 9")  # a line without figures adds no values to any row
     path.write_text("\n".join(lines) + "\n")
     return path
 
