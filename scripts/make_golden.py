@@ -9,6 +9,9 @@ sizes, the authors' commit and checksums of every weight tensor (our names), EXP
 the fixed inputs ("input::NAME") and every quantity of symvae.crosscheck ("GROUP::NAME"),
 computed in float64 so that float32 rounding (large where terms cancel) does not blur them.
 tests/test_golden.py builds our models from the same seed and compares, without DIR.
+lockstep.json holds, per experiment and method, the authors' logged figures of LOCKSTEP_STEPS
+training iterations of symvae.lockstep and checksums of their weights after them
+(tests/test_lockstep.py).
 """
 from __future__ import annotations
 
@@ -23,12 +26,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from symvae.authors import LOG_SIGMA, figures_of_authors, import_authors, seeded_authors_model
+from symvae.authors import (
+    LOG_SIGMA,
+    default_dtype,
+    figures_of_authors,
+    import_authors,
+    seeded_authors_model,
+)
 from symvae.convert import from_authors
 from symvae.crosscheck import make_inputs
 from symvae.experiment import EXPERIMENTS
+from symvae.lockstep import METHODS, SharedDraws, batches, run_authors
 
 SEED, NZ0, NZ1, BATCH = 0, 6, 10, 8
+LOCKSTEP_STEPS = 8
 SEP = "::"
 
 
@@ -68,6 +79,24 @@ def write(ref: Path, out: Path, experiment: str, commit: str) -> None:
     (out / f"{experiment}.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
+def write_lockstep(ref: Path, out: Path, commit: str) -> None:
+    """The authors' side of symvae.lockstep on the golden sizes, in float64."""
+    runs = {}
+    for experiment in EXPERIMENTS:
+        hvae, elbo = import_authors(ref, experiment)
+        for method in METHODS:  # weights made in float32 as in training, then run in float64
+            model = seeded_authors_model(hvae, experiment, NZ0, NZ1, SEED).double()
+            data = batches(experiment, LOCKSTEP_STEPS, BATCH, SEED, torch.float64)
+            with default_dtype(torch.float64):
+                logs, weights = run_authors(hvae, elbo, experiment, method, model.state_dict(),
+                                            data, SharedDraws(SEED))
+            runs[f"{experiment} {method}"] = {"logs": logs, "weights": checksums(weights)}
+    meta = {"seed": SEED, "nz0": NZ0, "nz1": NZ1, "bs": BATCH, "steps": LOCKSTEP_STEPS,
+            "log_sigma": LOG_SIGMA, "authors_commit": commit, "torch": torch.__version__,
+            "runs": runs}
+    (out / "lockstep.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ref", type=Path, required=True, help="checkout of the authors' repository")
@@ -83,6 +112,8 @@ def main() -> int:
     for experiment in EXPERIMENTS:
         write(args.ref, args.out, experiment, commit)
         print(f"wrote {args.out / experiment}.npz and .json")
+    write_lockstep(args.ref, args.out, commit)
+    print(f"wrote {args.out / 'lockstep.json'}")
     return 0
 
 

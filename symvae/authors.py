@@ -147,7 +147,7 @@ def _figures_of_authors(hvae: ModuleType, elbo: ModuleType, experiment: str, sta
     out["sym logs"] = logs
 
     me = authors_model(hvae, experiment, nz0, nz1, state)
-    loss, out["elbo logs"] = _authors_elbo(me, elbo, experiment, inputs)
+    loss, out["elbo logs"] = authors_elbo(me, elbo, experiment, inputs)
     loss.backward()
     out["grad elbo"] = grad_norms(me, ours)
     out["elbo loss"] = {"loss": loss.detach()}
@@ -168,16 +168,17 @@ AUTHORS_LOG_2 = 0.6931  # their rounded log 2 in mnist-reverse/main_elbo.py
 AUTHORS_HALF_LOG_2PI = 0.91894  # their rounded 0.5*log(2*pi), fmnist-ladder
 
 
-def _authors_elbo(m, elbo: ModuleType, experiment: str, inputs: Figures
-                  ) -> tuple[Tensor, Figures]:
-    """Their ELBO iteration (main_elbo.py's loop body) on fixed ZGR samples, from their parts."""
-    x, e0, e1 = inputs["x"], inputs["e0"], inputs["e1"]
-    nz0, nz1, crit = e0.shape[1], e1.shape[1], m.criterion
+def authors_elbo(m, elbo: ModuleType, experiment: str, inputs: Figures
+                 ) -> tuple[Tensor, Figures]:
+    """Their ELBO iteration (main_elbo.py's loop body), from their parts: on the fixed ZGR
+    samples inputs["e0"], inputs["e1"] when given, else drawing them as their loop does."""
+    x, e0, e1, crit = inputs["x"], inputs.get("e0"), inputs.get("e1"), m.criterion
     if order(experiment) == "reverse":
         s1 = m.qnetx1(x)
         z1 = elbo.ZGR_binary(s1, e1)
         s0 = m.qnet10(z1)
         z0 = elbo.ZGR_binary(s0, e0)
+        nz0, nz1 = z0.shape[1], z1.shape[1]
         data = crit(m.pnet1x(z1), x).sum([1, 2, 3]).mean()
         kl = (-crit(s1, z1).sum(1).mean() - crit(s0, z0).sum(1).mean() + AUTHORS_LOG_2 * nz0
               + crit(m.pnet01(z0), z1).sum(1).mean())
@@ -187,6 +188,7 @@ def _authors_elbo(m, elbo: ModuleType, experiment: str, inputs: Figures
     z0 = elbo.ZGR_binary(prior0 + a0, e0)
     prior1 = m.fnet01(z0)[0]
     z1 = elbo.ZGR_binary(prior1 + a1, e1)
+    nz0, nz1 = z0.shape[1], z1.shape[1]
     out = _first(m.fnet1x(z1))
     if experiment.startswith("fmnist"):
         per_pixel = AUTHORS_HALF_LOG_2PI + m.lsigma + (x - out).square() / (2 * m.lsigma.exp() ** 2)
