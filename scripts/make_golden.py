@@ -88,8 +88,8 @@ def write_lockstep(ref: Path, out: Path, commit: str) -> None:
             model = seeded_authors_model(hvae, experiment, NZ0, NZ1, SEED).double()
             data = batches(experiment, LOCKSTEP_STEPS, BATCH, SEED, torch.float64)
             with default_dtype(torch.float64):
-                logs, weights = run_authors(hvae, elbo, experiment, method, model.state_dict(),
-                                            data, SharedDraws(SEED))
+                logs, weights = run_authors(model, elbo, experiment, method, data,
+                                            SharedDraws(SEED))
             runs[f"{experiment} {method}"] = {"logs": logs, "weights": checksums(weights)}
     meta = {"seed": SEED, "nz0": NZ0, "nz1": NZ1, "bs": BATCH, "steps": LOCKSTEP_STEPS,
             "log_sigma": LOG_SIGMA, "authors_commit": commit, "torch": torch.__version__,

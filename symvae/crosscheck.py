@@ -161,16 +161,24 @@ def compare(ours: dict[str, Figures], theirs: dict[str, Figures]) -> dict[str, f
     return out
 
 
+def seeded_model(experiment: str, nz0: int, nz1: int, seed: int,
+                 log_sigma: float | None = LOG_SIGMA) -> HVAE:
+    """Our model as torch.manual_seed(seed) creates it (the authors' weights for that seed),
+    Fashion's log sigma set to `log_sigma` as symvae.authors.seeded_authors_model sets theirs."""
+    torch.manual_seed(seed)
+    model = load_model_class(experiment)(nz0, nz1)
+    with torch.no_grad():
+        for p in model.pixels.parameters():
+            p.fill_(log_sigma)
+    return model
+
+
 def crosscheck(ref: Path, experiment: str, nz0: int, nz1: int, bs: int, seed: int,
                dtype: torch.dtype = torch.float64) -> dict[str, float]:
     """Both codes on the weights of `seed` and on fixed inputs: the differences by quantity."""
     hvae, elbo = import_authors(ref, experiment)
     theirs = seeded_authors_model(hvae, experiment, nz0, nz1, seed)
-    torch.manual_seed(seed)
-    seeded = load_model_class(experiment)(nz0, nz1)
-    with torch.no_grad():
-        for p in seeded.pixels.parameters():  # Fashion's log sigma
-            p.fill_(LOG_SIGMA)
+    seeded = seeded_model(experiment, nz0, nz1, seed)
     diffs = {"weights: built from the same seed": relative_difference(
         seeded.state_dict(), from_authors(theirs.state_dict(), experiment)[0])}
     theirs.to(dtype)

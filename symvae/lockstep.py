@@ -34,7 +34,6 @@ from symvae.authors import (
     STEP,
     Figures,
     authors_elbo,
-    authors_model,
     default_dtype,
     import_authors,
     seeded_authors_model,
@@ -43,6 +42,7 @@ from symvae.convert import from_authors, order
 from symvae.crosscheck import TOLERANCE, relative_difference
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.learning import LEARNERS
+from symvae.model import HVAE
 from symvae.nets import IMAGE_SHAPE
 
 METHODS = ("sym", "elbo")
@@ -119,13 +119,11 @@ def _scalars(logs: Figures) -> dict[str, float]:
 
 
 # --- the two runs ----------------------------------------------------------------------------
-def run_authors(hvae: ModuleType, elbo: ModuleType, experiment: str, method: str,
-                state: dict, data: list[Tensor], draws: SharedDraws
+def run_authors(m: torch.nn.Module, elbo: ModuleType, experiment: str, method: str,
+                data: list[Tensor], draws: SharedDraws
                 ) -> tuple[list[dict[str, float]], dict[str, Tensor]]:
-    """Their iterations on `data`; returns each iteration's logged figures and, at the end,
-    the weights under our names."""
-    nz0, nz1 = _sizes(state, experiment)
-    m = authors_model(hvae, experiment, nz0, nz1, state)
+    """Their model `m` trained in place on `data`; returns each iteration's logged figures and,
+    at the end, the weights under our names."""
     ladder = order(experiment) == "ladder"
     opt = torch.optim.Adam(m.parameters(), lr=STEP) if method == "elbo" else None
     parts = SimpleNamespace(ZGR_binary=_restarting(elbo.ZGR_binary, draws.restart_zgr),
@@ -153,22 +151,21 @@ def run_authors(hvae: ModuleType, elbo: ModuleType, experiment: str, method: str
     return logs, from_authors(m.state_dict(), experiment)[0]
 
 
-def run_ours(experiment: str, method: str, weights: dict, data: list[Tensor],
-             draws: SharedDraws, stepsize: float = STEP
-             ) -> tuple[list[dict[str, float]], dict[str, Tensor]]:
-    """Our learner's iterations on `data`; returns the logged figures and the final weights."""
-    first = next(iter(weights.values()))
-    nz0, nz1 = _our_sizes(weights, experiment)
-    model = load_model_class(experiment)(nz0, nz1).to(first.dtype)
-    model.load_state_dict(weights)
+def run_ours(model: HVAE, method: str, data: list[Tensor], draws: SharedDraws,
+             stepsize: float = STEP) -> tuple[list[dict[str, float]], dict[str, Tensor]]:
+    """Our `model` trained in place on `data` by our learner; returns the logged figures and
+    the final weights."""
     learner = LEARNERS[method](model, stepsize, guard=False)
     # our step draws z ~ q and (z, x) ~ p, or the ZGR samples, inside; restart before each
-    model.sample_q = _restarting(model.sample_q, lambda: draws.restart(Q_DRAWS))
-    model.sample_p = _restarting(model.sample_p, lambda: draws.restart(P_DRAWS))
     home = sys.modules[type(model).elbo_loss.__module__]  # where elbo_loss finds zgr_sample
+    restarting = {(model, "sample_q"): lambda: draws.restart(Q_DRAWS),
+                  (model, "sample_p"): lambda: draws.restart(P_DRAWS),
+                  (home, "zgr_sample"): draws.restart_zgr}
     logs = []
-    with draws.installed(), mock.patch.object(
-            home, "zgr_sample", _restarting(home.zgr_sample, draws.restart_zgr)):
+    with draws.installed(), contextlib.ExitStack() as stack:
+        for (owner, name), restart in restarting.items():
+            stack.enter_context(mock.patch.object(owner, name,
+                                                  _restarting(getattr(owner, name), restart)))
         for t, x in enumerate(data):
             draws.begin(t)
             step_logs, _ = learner.step(x)
@@ -181,19 +178,6 @@ def _restarting(fn: Callable, restart: Callable[[], None]) -> Callable:
         restart()
         return fn(*args, **kwargs)
     return wrapped
-
-
-def _sizes(state: dict, experiment: str) -> tuple[int, int]:
-    return _our_sizes(from_authors(state, experiment)[0], experiment)
-
-
-def _our_sizes(weights: dict, experiment: str) -> tuple[int, int]:
-    """(nz0, nz1) read off p(z1|z0)'s skip connection [nz1, nz0]."""
-    skip = [v for k, v in weights.items() if k.startswith("p_z1") and "skip" in k]
-    if len(skip) != 1:
-        raise RuntimeError(f"{experiment}: cannot find p(z1|z0)'s skip weights")
-    nz1, nz0 = skip[0].shape
-    return int(nz0), int(nz1)
 
 
 # --- comparing -------------------------------------------------------------------------------
@@ -219,13 +203,13 @@ def lockstep(ref: Path, experiment: str, method: str, nz0: int, nz1: int, bs: in
     """Both codes for `steps` iterations of `method` from the weights of `seed`."""
     hvae, elbo = import_authors(ref, experiment)
     theirs = seeded_authors_model(hvae, experiment, nz0, nz1, seed).to(dtype)
-    state = {k: v.clone() for k, v in theirs.state_dict().items()}
+    ours = load_model_class(experiment)(nz0, nz1).to(dtype)
+    ours.load_state_dict(from_authors(theirs.state_dict(), experiment)[0])
     data = batches(experiment, steps, bs, seed, dtype)
     with default_dtype(dtype):
-        their_logs, their_weights = run_authors(hvae, elbo, experiment, method, state, data,
+        their_logs, their_weights = run_authors(theirs, elbo, experiment, method, data,
                                                 SharedDraws(seed))
-        our_logs, our_weights = run_ours(experiment, method, from_authors(state, experiment)[0],
-                                         data, SharedDraws(seed))
+        our_logs, our_weights = run_ours(ours, method, data, SharedDraws(seed))
     logs, first = log_difference(our_logs, their_logs)
     return {"logs": logs, "first over tolerance": first,
             "weights": relative_difference(our_weights, their_weights)}

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from symvae import crosscheck
 from symvae.convert import from_authors, to_authors
 from symvae.crosscheck import TOLERANCE, compare, figures_of_ours
-from symvae.experiment import EXPERIMENTS, load_model_class
+from symvae.experiment import EXPERIMENTS
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SEP = "::"
@@ -28,12 +29,8 @@ STRICT = 1e-10  # float64 quantities; a constant rounded at 1e-6 (log 2, log 2 p
 
 def seeded_model(meta: dict):
     """Our model from the golden seed, with the file's log sigma (Fashion)."""
-    torch.manual_seed(meta["seed"])
-    model = load_model_class(meta["experiment"])(meta["nz0"], meta["nz1"])
-    with torch.no_grad():
-        for p in model.pixels.parameters():
-            p.fill_(meta["log_sigma"])
-    return model
+    return crosscheck.seeded_model(meta["experiment"], meta["nz0"], meta["nz1"], meta["seed"],
+                                   meta["log_sigma"])
 
 
 def golden(experiment: str):

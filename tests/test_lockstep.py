@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from symvae.crosscheck import TOLERANCE
-from symvae.experiment import EXPERIMENTS, load_model_class
+from symvae.authors import default_dtype
+from symvae.crosscheck import TOLERANCE, seeded_model
+from symvae.experiment import EXPERIMENTS
 from symvae.lockstep import METHODS, SharedDraws, batches, log_difference, run_ours
 
 GOLDEN = json.loads((Path(__file__).resolve().parent / "golden" / "lockstep.json").read_text())
@@ -23,19 +24,10 @@ STRICT = 1e-9  # float64 on both sides; the rounding of many steps stays far bel
 
 def our_run(experiment: str, method: str, stepsize: float = 1e-4):
     g = GOLDEN
-    torch.manual_seed(g["seed"])
-    model = load_model_class(experiment)(g["nz0"], g["nz1"])
-    with torch.no_grad():
-        for p in model.pixels.parameters():  # Fashion's log sigma, as the golden run set it
-            p.fill_(g["log_sigma"])
-    weights = model.double().state_dict()
+    model = seeded_model(experiment, g["nz0"], g["nz1"], g["seed"], g["log_sigma"]).double()
     data = batches(experiment, g["steps"], g["bs"], g["seed"], torch.float64)
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return run_ours(experiment, method, weights, data, SharedDraws(g["seed"]), stepsize)
-    finally:
-        torch.set_default_dtype(before)
+    with default_dtype(torch.float64):
+        return run_ours(model, method, data, SharedDraws(g["seed"]), stepsize)
 
 
 def weight_difference(weights: dict[str, torch.Tensor], sums: dict[str, dict]) -> float:
