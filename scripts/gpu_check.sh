@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (docs/gpu.md): our training step and the authors' side by side, then
-# one row of the seed's table (both methods trained, both FIDs), within about 8 minutes on one
-# H100. Prints as it goes and writes its results into OUT (at most 8 files).
-#   scripts/gpu_check.sh OUT [--budget_s 480]            # on the GPU machine
+# one row of the authors' table (both methods trained, both FIDs), done within 7 minutes on one
+# H100 or H200. Prints as it goes and writes its results into OUT as they exist (at most 8 files).
+#   scripts/gpu_check.sh OUT [--budget_s 400]            # on the GPU machine
 #   scripts/gpu_check.sh OUT --device cpu --dry-run      # anywhere: tiny sizes, to test it
 # What the machine lacks travels in .gpu/ (`make gpu-assets`, or $SYMVAE_GPU_ASSETS): MNIST as
 # gzipped IDX files, pytorch-fid's wheel, its Inception weights in fp16 and the authors' code;
@@ -28,6 +28,13 @@ if [ -d "$assets" ]; then
     "$py" -m symvae.gpu_assets unpack --assets "$assets" --dest "$work"
     export SYMVAE_DATA="$work/data" TORCH_HOME="$work/torch"
     if [ -d "$assets/authors" ]; then extra+=(--ref "$assets/authors"); fi
+else
+    case " $* " in
+        *" --dry-run "*) ;;
+        *) echo "error: $assets is missing: on a machine without internet the check needs" \
+                "the packed assets; run \`make gpu-assets AUTHORS=DIR\` and carry .gpu" >&2
+           exit 2 ;;
+    esac
 fi
 if [ -n "${SYMVAE_AUTHORS:-}" ]; then extra+=(--ref "$SYMVAE_AUTHORS"); fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true

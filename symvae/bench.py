@@ -130,15 +130,22 @@ def bench_pair(experiment: str, method: str, bs: int, device: torch.device, iter
     if compiled:
         runtime.compile_model(trainer.model)
     if captured:
-        # the statistics' values do not matter here: skip to where their weight is fixed
+        # the statistics' values and the data's order do not matter here: skip to where the
+        # weight is fixed and the order permuted, so that capture and its check (the next two
+        # iterations after one eager one) happen before the timing
         trainer.learner.guard = False
         trainer.means.count = max(trainer.means.count, EXACT_AVERAGE_STEPS)
+        trainer.data.perm = torch.randperm(len(trainer.data), device=device)
         trainer.capture_at = trainer.count + 1  # after one eager iteration made the statistics
+        warmup = max(warmup, 3)
     block = 1 if device.type == "cpu" else BLOCK
     times, cpu = time_iterations(trainer, iters, warmup, block)
     median = statistics.median(times)
+    replayed = trainer.captured is not None and trainer.captured.checked is not None
     return {"experiment": experiment, "method": method, "bs": bs, "device": str(device),
-            "compile": compiled, "capture": captured, "seconds": median,
+            "compile": compiled, "capture": captured, "replayed": replayed,
+            "replays_timed": len(times) * block if replayed else 0,
+            "capture_notes": trainer.notes, "seconds": median,
             "it_per_s": 1 / median, "min_seconds": min(times), "times": times, "cpu_times": cpu,
             "cpu_seconds": statistics.median(cpu), "gflop": gflop,
             "gflop_per_s": gflop / median,

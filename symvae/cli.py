@@ -123,8 +123,12 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=None, help="seed all random generators")
     parser.add_argument("--tf32", action="store_true",
-                        help="CUDA: TF32 matrix products (faster, ~10-bit mantissa; default "
-                             "fp32 as in the authors' runs)")
+                        help="CUDA: TF32 matrix products too (faster, ~10-bit mantissa; default "
+                             "fp32 products as in the authors' runs; cuDNN convolutions use "
+                             "TF32 by PyTorch's default either way)")
+    parser.add_argument("--fp32_strict", action="store_true",
+                        help="CUDA: no TF32 at all, cuDNN convolutions included (slower; "
+                             "figures that do not depend on the GPU generation)")
 
 
 def train_parser(method: str) -> argparse.ArgumentParser:

@@ -32,9 +32,16 @@ def gaussian_nll(mean: Tensor, log_sigma: Tensor, value: Tensor) -> Tensor:
     return per.flatten(1).sum(1)
 
 
+def bernoulli(prob: Tensor) -> Tensor:
+    """torch.bernoulli, with NaN probabilities drawn as 0 instead of failing (a device assert
+    on CUDA that ends the process). The same draws for every finite input; a NaN weight
+    still shows as a NaN loss, which the trainer stops on (exit 3)."""
+    return torch.bernoulli(prob.nan_to_num(0.0))
+
+
 def sample_bernoulli(logits: Tensor) -> Tensor:
     """A Bernoulli sample (0./1.) with probabilities sigmoid(logits); no gradient."""
-    return torch.bernoulli(torch.sigmoid(logits.detach()))
+    return bernoulli(torch.sigmoid(logits.detach()))
 
 
 class _ZGR(torch.autograd.Function):
@@ -43,7 +50,7 @@ class _ZGR(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, sample: Tensor | None) -> Tensor:  # type: ignore[override]
         p = torch.sigmoid(logits)
-        b = torch.bernoulli(p) if sample is None else sample.detach().to(p.dtype)
+        b = bernoulli(p) if sample is None else sample.detach().to(p.dtype)
         ctx.save_for_backward(b, p)
         return b
 

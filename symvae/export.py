@@ -188,7 +188,7 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
         fail(f"--workers {args.workers}: must be 0 (write in this process) or more")
     device = pick_device(args.device)
     check_memory("--bs", args.bs, SAMPLE_BYTES_PER_IMAGE, device)
-    runtime.configure(device, tf32=args.tf32)
+    runtime.configure(device, tf32=args.tf32, strict_fp32=args.fp32_strict)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     data = load_data(model_cls.dataset, args.data_root, device)

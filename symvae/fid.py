@@ -58,15 +58,51 @@ TABLE_HEAD = ("| method/tag | random code FID | limiting FID | n | chain steps |
 Features = Callable[[Tensor], Tensor]  # [B,3,H,W] in [0,1] -> features [B,D]
 
 
+SINGULAR_EPS = 1e-6  # added to both covariances' diagonals when their product is singular
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """scipy.linalg.sqrtm, called as every SciPy version accepts it (1.18 dropped `disp`),
+    with its 'singular matrix' remarks silenced: the caller handles that case."""
+    import contextlib
+    import io
+    import warnings
+
+    from scipy import linalg
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return linalg.sqrtm(a)
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
                      mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2):
-    ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
+    ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)).
 
-    pytorch-fid's own implementation, so that the numbers are the seed's.
+    The computation of pytorch-fid 0.3.0 (the authors' FID), step for step, so the numbers
+    are theirs (tested to 1e-9), but not its code, which passes an argument that SciPy 1.18
+    removed: where the product's square root is not finite (a singular product, e.g. fewer
+    images than features), SINGULAR_EPS is added to both diagonals and the root taken
+    again; an imaginary part is dropped if its diagonal is within 1e-3 of zero, else
+    ValueError.
     """
-    from pytorch_fid.fid_score import calculate_frechet_distance
-    return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"statistics of different sizes: {mu1.shape} and {mu2.shape}")
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        print(f"note: the covariance product is singular; adding {SINGULAR_EPS} to the "
+              "diagonals (as pytorch-fid does)", file=sys.stderr)
+        offset = np.eye(sigma1.shape[0]) * SINGULAR_EPS
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the "
+                             "square root of the covariance product")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 def inception_input(images: Tensor) -> Tensor:
@@ -268,7 +304,7 @@ def score(argv: list[str] | None, features: Features | None) -> int:
     check_results(folder)
     device = pick_device(args.device)
     load_trained(model_cls, args, device)  # refuse a missing or bad model before Inception
-    runtime.configure(device, tf32=args.tf32)
+    runtime.configure(device, tf32=args.tf32, strict_fp32=args.fp32_strict)
     if features is None:  # built before seeding: building modules draws random numbers
         try:
             features = inception_features(device)

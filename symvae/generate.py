@@ -63,7 +63,7 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     non_negative("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
     check_memory("--n", args.n, SAMPLE_BYTES_PER_IMAGE, device)
-    runtime.configure(device, tf32=args.tf32)
+    runtime.configure(device, tf32=args.tf32, strict_fp32=args.fp32_strict)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
     folder = Path.cwd()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from symvae.distributions import bernoulli_nll, gaussian_nll
+from symvae.distributions import bernoulli, bernoulli_nll, gaussian_nll
 
 
 class BernoulliPixels(nn.Module):
@@ -18,7 +18,7 @@ class BernoulliPixels(nn.Module):
         return bernoulli_nll(out, x)
 
     def sample(self, out: Tensor) -> Tensor:
-        return torch.bernoulli(torch.sigmoid(out))
+        return bernoulli(torch.sigmoid(out))
 
     def mean(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out)

@@ -9,9 +9,13 @@
   convolution algorithms, so the fp32 arithmetic stays what it was.
 - Precision stays PyTorch's default, as in the authors' runs: fp32 matrix
   products (`torch.backends.cuda.matmul.allow_tf32 = False`) and cuDNN
-  convolutions with TF32 allowed (cuDNN's own default). `tf32=True` (the
-  `--tf32` flag) opts in to TF32 matrix products too: faster on Ampere and
-  later GPUs, ~10-bit mantissa products, and no longer the authors' numbers.
+  convolutions with TF32 allowed (`torch.backends.cudnn.allow_tf32`, PyTorch's
+  default; the convolutions are most of the work). `tf32=True` (the `--tf32`
+  flag) opts in to TF32 matrix products too: faster on Ampere and later GPUs,
+  ~10-bit mantissa products, and no longer the authors' numbers.
+  `strict_fp32=True` (`--fp32_strict`) turns TF32 off everywhere, convolutions
+  included (slower; for figures that must not depend on the GPU generation).
+  The log header records both settings (`precision_note`).
 """
 from __future__ import annotations
 
@@ -52,29 +56,43 @@ def malloc_keep_memory(keep: bool = True) -> bool:
     return bool(libc.mallopt(M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim))
 
 
-def configure(device: torch.device, threads: int | None = None,
-              tf32: bool = False) -> dict[str, bool | int]:
+def configure(device: torch.device, threads: int | None = None, tf32: bool = False,
+              strict_fp32: bool = False) -> dict[str, bool | int | str]:
     """Apply the measured process settings for training or sampling on `device`.
 
     Returns what was applied, for the log line. `threads` sets torch's CPU
     thread count (default: leave torch's choice, one per core); `tf32` allows
-    TF32 matrix products on CUDA (default: fp32, as PyTorch and the authors).
+    TF32 matrix products on CUDA (default: fp32, as PyTorch and the authors);
+    `strict_fp32` forbids TF32 in cuDNN's convolutions as well. On `cuda:N` the
+    device is made current, so that whatever uses the current device (CUDA graphs,
+    streams) works on N.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     if device.type == "cpu" and "malloc" not in _applied:
         _applied["malloc"] = malloc_keep_memory(True)
-    matmul_tf32 = tf32 and device.type == "cuda"
+    matmul_tf32 = tf32 and not strict_fp32 and device.type == "cuda"
+    conv_tf32 = False
     if device.type == "cuda":
+        if device.index is not None:
+            torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        if strict_fp32:
+            torch.backends.cudnn.allow_tf32 = False
+        conv_tf32 = bool(torch.backends.cudnn.allow_tf32)
         torch.backends.cudnn.benchmark = True
     return {"malloc_keep": _applied.get("malloc", False), "threads": torch.get_num_threads(),
-            "tf32": matmul_tf32}
+            "tf32": matmul_tf32, "conv_tf32": conv_tf32, "device": device.type}
 
 
-def precision_note(applied: dict[str, bool | int]) -> str:
-    """The log header's words for the matrix-product precision that `configure` set."""
-    return f"matmul tf32 {'on' if applied.get('tf32') else 'off'}"
+def precision_note(applied: dict[str, bool | int | str]) -> str:
+    """The log header's words for the precision that `configure` set: on CUDA, TF32 of the
+    matrix products and of cuDNN's convolutions; elsewhere plain fp32."""
+    if applied.get("device") != "cuda":
+        return "fp32"
+    def word(key: str) -> str:
+        return "on" if applied.get(key) else "off"
+    return f"matmul tf32 {word('tf32')}, conv tf32 {word('conv_tf32')}"
 
 
 def compile_model(model: torch.nn.Module) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from symvae import checkpoint as ckpt_io
 from symvae import runtime
-from symvae.capture import capture_count
+from symvae.capture import CaptureError, capture_count, capture_iteration, make_eager
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
     TRAIN_BYTES_PER_IMAGE,
@@ -86,6 +86,7 @@ class Trainer:
         self.captured = None
         self.stop_signal: str | None = None
         self.log_file = None
+        self.notes: list[str] = []
 
     # --- state ----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -117,6 +118,9 @@ class Trainer:
             opt.load_state_dict(state)
             for group in opt.param_groups:  # --stepsize of this command, not the file's
                 group["lr"] = self.args.stepsize
+        # device-neutral: a captured run saves Adam's capturable form, which only a CUDA
+        # run can step; a resumed run switches again when it captures
+        make_eager(self.learner.optimizers)
         self.count, self.elapsed = int(ckpt["count"]), float(ckpt.get("elapsed", 0.0))
         # the statistics continue on the training device, wherever the file was written
         self.means.load_state_dict(ckpt_io.to_device(ckpt["means"], self.device))
@@ -139,6 +143,13 @@ class Trainer:
                 tracker.load_state_dict(ckpt_io.to_device(ckpt["mi"][group], self.device))
 
     # --- outputs --------------------------------------------------------------
+    def note(self, line: str) -> None:
+        """A '#' line about the run itself: kept in `notes`, and logged when a log is open
+        (the benchmark's trainers have none)."""
+        self.notes.append(line)
+        if self.log_file is not None:
+            self.log(line)
+
     def log(self, line: str) -> None:
         try:
             self.log_file.write(line + "\n")
@@ -200,14 +211,29 @@ class Trainer:
         """One training iteration: the host's sampler bookkeeping, then the device's work,
         replayed from a CUDA graph once one is captured (symvae.capture)."""
         self.data.advance(self.args.bs)
-        if self.captured is not None:
-            self.captured.replay()
-        elif self.capture_at is not None and self.count >= self.capture_at \
-                and self.data.perm is not None:  # small batches keep the stored order longer
-            from symvae.capture import capture_iteration
-            self.captured = capture_iteration(self)
-        else:
-            self.device_iteration()
+        try:
+            if self.captured is not None:
+                self.captured.replay()
+                self._note_check()
+                return
+            if self.capture_at is not None and self.count >= self.capture_at \
+                    and self.data.perm is not None:  # small batches keep the stored order longer
+                self.captured = capture_iteration(self)
+                return
+        except CaptureError as err:  # the state is as before the iteration: run it eagerly
+            self.captured = self.capture_at = None
+            make_eager(self.learner.optimizers)
+            self.note(f"# CUDA graph not used from count {self.count}: {err}; "
+                      "training continues eagerly")
+        self.device_iteration()
+
+    def _note_check(self) -> None:
+        """Log the outcome of the captured iteration's check once, when it has run."""
+        captured = self.captured
+        if captured.checked is not None and not getattr(captured, "noted", False):
+            captured.noted = True
+            self.note(f"# CUDA graph captured at count {self.count - 1}; its first replay "
+                      f"agrees with the eager iteration to {captured.checked:.2g} (relative)")
 
     def device_iteration(self) -> None:
         """Batch draw, noise, the learning step, its statistics, then one sampled step of the
@@ -328,7 +354,8 @@ def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
     files = RunFiles(folder, args.call_prefix)
     device = pick_device(args.device)
     check_memory("--bs", args.bs, TRAIN_BYTES_PER_IMAGE, device)
-    args.precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32))
+    args.precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32,
+                                                              strict_fp32=args.fp32_strict))
     seed_everything(args.seed)
     model = model_cls(args.nz0, args.nz1)
     check_outputs(files, model)

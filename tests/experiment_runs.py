@@ -63,7 +63,7 @@ def check_training(folder: Path, method: str, data_root: Path, names: tuple[str,
     log = folder / "logs" / f"log-{tag}.txt"
     lines = log.read_text().splitlines()
     assert lines[0].startswith(f"# {method} {folder.name} ")
-    assert "(device cpu, matmul tf32 off, torch " in lines[0]
+    assert "(device cpu, fp32, torch " in lines[0]
     assert lines[-1] == "# finished at count 12"
     rows = parse_log(log)
     assert [r["count"] for r in rows] == [4, 8, 12]

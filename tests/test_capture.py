@@ -8,13 +8,17 @@ sampler's permutation redraws must reach the replays.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from symvae import bench, capture, stats
+from symvae import checkpoint as ckpt_io
 from symvae.capture import CaptureError, OpTape, capture_count, capture_iteration
+from symvae.learning import NonFinite
 
 CAPTURE_AT = 3
 ITERATIONS = 12  # with 40 images and batch 8 the permutation is redrawn every 5
@@ -30,18 +34,38 @@ def early_capture(monkeypatch):
                         "_get_capturable_supported_devices", lambda *a, **k: ["cpu"])
 
 
-def trained(experiment: str, method: str, captured: bool):
+def fresh(experiment: str, method: str, captured: bool):
     trainer = bench.build_trainer(experiment, method, 8, torch.device("cpu"), seed=3, nz=(6, 10))
     trainer.data = bench.synthetic_data(type(trainer.model), torch.device("cpu"), n=40)
     trainer.learner.guard = False  # as on CUDA: no per-iteration host check
     capture.make_capturable(trainer.learner.optimizers)
     if captured:
         trainer.capture_at = CAPTURE_AT
-    torch.manual_seed(5)
-    for _ in range(ITERATIONS):
+    return trainer
+
+
+def advance(trainer, until: int):
+    while trainer.count < until:
         trainer.iteration()
         trainer.count += 1
     return trainer
+
+
+def trained(experiment: str, method: str, captured: bool):
+    trainer = fresh(experiment, method, captured)
+    torch.manual_seed(5)
+    return advance(trainer, ITERATIONS)
+
+
+def assert_same_run(a, b):
+    """Parameters, running means, MI statistics, grid chain, sampler: bit for bit."""
+    for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(x, y)
+    assert a.means.read() == b.means.read() and a.means.count == b.means.count
+    for group, tracker in a.mi.items():
+        assert torch.equal(tracker.mi, b.mi[group].mi) and torch.equal(tracker.m, b.mi[group].m)
+    assert torch.equal(a.chain, b.chain)
+    assert torch.equal(a.data.perm, b.data.perm) and a.data.count == b.data.count
 
 
 @pytest.mark.parametrize("experiment", [
@@ -58,6 +82,9 @@ def test_replayed_iterations_equal_eager_ones(early_capture, experiment, method)
         assert torch.equal(tracker.mi, replayed.mi[group].mi)
     assert replayed.means.count == eager.means.count == ITERATIONS
     assert torch.equal(eager.data.perm, replayed.data.perm)
+    # the first replay was checked against an eager iteration, and passed
+    assert replayed.captured.checked == 0.0
+    assert any(n.startswith("# CUDA graph captured at count 4;") for n in replayed.notes)
 
 
 def test_without_the_write_back_replays_read_stale_statistics(early_capture, monkeypatch):
@@ -98,6 +125,150 @@ def test_capture_is_the_cuda_default_unless_a_host_check_is_asked_for():
 
 
 def test_the_benchmark_times_the_replayed_iteration(early_capture):
-    row = bench.bench_pair("mnist-ladder", "elbo", 4, torch.device("cpu"), iters=2, warmup=2,
+    row = bench.bench_pair("mnist-ladder", "elbo", 4, torch.device("cpu"), iters=2, warmup=0,
                            compiled=False, captured=True)
     assert row["capture"] and len(row["times"]) == 2 and row["seconds"] > 0
+    # captured and checked before the timed iterations: every timed one was a replay
+    assert row["replayed"] is True and row["replays_timed"] == 2
+
+
+# --- the check of the first replay, and the fallback to eager ---------------------------------
+class NullTape(OpTape):
+    """A graph that came out empty: replaying does nothing."""
+
+    def replay(self) -> None:
+        pass
+
+
+class NoWriteBackTape(OpTape):
+    """Replays the operations but never writes their results into the recorded tensors."""
+
+    def replay(self) -> None:
+        with torch.no_grad():
+            for func, args, kwargs, _ in self.calls:
+                func(*args, **kwargs)
+
+
+def capture_raises_midway(self, fn):
+    fn()  # the iteration ran (state advanced), then something failed
+    raise RuntimeError("device lost")
+
+
+@pytest.mark.parametrize("patch", [
+    ("OpTape", NullTape), ("OpTape", NoWriteBackTape), ("OpTape.capture", capture_raises_midway)])
+def test_a_bad_capture_is_caught_and_the_run_goes_on_eagerly(early_capture, monkeypatch, patch):
+    name, value = patch
+    if name == "OpTape":
+        monkeypatch.setattr(capture, "OpTape", value)
+    else:
+        monkeypatch.setattr(OpTape, "capture", value)
+    eager, fallen = trained("mnist-ladder", "sym", False), trained("mnist-ladder", "sym", True)
+    assert fallen.captured is None and fallen.capture_at is None
+    assert sum("CUDA graph not used" in n for n in fallen.notes) == 1
+    # the state was put back and the iteration run eagerly: the same run but for Adam's
+    # default form after the fallback (rounding in the last bits)
+    for a, b in zip(eager.model.parameters(), fallen.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert fallen.means.count == eager.means.count == ITERATIONS
+    assert torch.equal(eager.data.perm, fallen.data.perm)
+    assert not any(g["capturable"] for opt in fallen.learner.optimizers
+                   for g in opt.param_groups)
+
+
+def test_the_check_rejects_an_empty_graph(early_capture):
+    trainer = advance(fresh("mnist-ladder", "elbo", False), CAPTURE_AT + 3)  # permuted by now
+    captured = capture.CapturedIteration(trainer, NullTape())
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(CaptureError, match="left the parameters unchanged"):
+        captured.replay()
+    for a, b in zip(before, trainer.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # put back as before the iteration
+
+
+# --- resuming ---------------------------------------------------------------------------------
+def checkpoint_after(trainer, tmp_path):
+    trainer.args.nz0, trainer.args.nz1 = 6, 10
+    path = tmp_path / "m.pt"
+    ckpt_io.save(path, trainer.state_dict())
+    return ckpt_io.load(path), path
+
+
+def resumed_from(ckpt, path, captured: bool):
+    trainer = fresh("mnist-ladder", "sym", captured)
+    trainer.args.nz0, trainer.args.nz1 = 6, 10
+    trainer.restore(ckpt, path)
+    return trainer
+
+
+def test_resuming_past_the_capture_point_continues_the_same_run(early_capture, tmp_path):
+    whole = trained("mnist-ladder", "sym", True)
+    whole_rng = torch.get_rng_state()
+    first = fresh("mnist-ladder", "sym", True)
+    torch.manual_seed(5)
+    advance(first, 7)  # captured at 3, replaying since
+    ckpt, path = checkpoint_after(first, tmp_path)
+    second = advance(resumed_from(ckpt, path, True), ITERATIONS)
+    assert second.captured is not None and second.captured.checked == 0.0
+    assert_same_run(whole, second)
+    assert torch.equal(torch.get_rng_state(), whole_rng)  # the generator where it would be
+    assert all(torch.equal(a, b) for a, b in zip(
+        [v for o in whole.learner.optimizers for s in o.state.values() for v in s.values()],
+        [v for o in second.learner.optimizers for s in o.state.values() for v in s.values()],
+        strict=True))
+
+
+def test_a_captured_runs_checkpoint_resumes_eagerly_on_the_cpu(early_capture, monkeypatch,
+                                                                 tmp_path):
+    run = fresh("mnist-ladder", "sym", True)
+    torch.manual_seed(5)
+    advance(run, 6)
+    ckpt, path = checkpoint_after(run, tmp_path)
+    assert all(g["capturable"] for o in ckpt["optimizers"] for g in o["param_groups"])
+    monkeypatch.undo()  # Adam's capturable form is refused on the CPU again, as in real runs
+    trainer = resumed_from(ckpt, path, False)
+    advance(trainer, 9)  # today's torch asserts here unless the state is loaded device-neutral
+    assert trainer.count == 9 and all(
+        torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# --- the device, and non-finite values --------------------------------------------------------
+def test_the_graph_is_recorded_and_replayed_on_the_runs_device(monkeypatch):
+    """`--device cuda:1`: with another device current, the graph must still be cuda:1's."""
+    current, seen = ["cuda:0"], []
+
+    @contextlib.contextmanager
+    def device(d):
+        old, current[0] = current[0], str(d)
+        yield
+        current[0] = old
+
+    @contextlib.contextmanager
+    def plain(*_):
+        seen.append(current[0])
+        yield
+
+    def where(*_):
+        seen.append(current[0])
+        return SimpleNamespace(wait_stream=where, replay=lambda: seen.append(current[0]))
+    for name, value in {"device": device, "CUDAGraph": where, "Stream": where,
+                        "current_stream": where, "stream": plain, "graph": plain}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    tape = capture.CudaGraphTape(torch.device("cuda", 1))
+    tape.capture(lambda: seen.append(current[0]))
+    tape.replay()
+    assert len(seen) >= 6 and set(seen) == {"cuda:1"}
+
+
+def test_a_nan_weight_stops_as_divergence_not_inside_bernoulli():
+    """A NaN encoder weight: sampling must not fail; the loss check names it (exit 3 path)."""
+    trainer = bench.build_trainer("mnist-ladder", "sym", 8, torch.device("cpu"), nz=(6, 10))
+    advance(trainer, 2)
+    with torch.no_grad():
+        next(iter(trainer.model.q_parameters())).view(-1)[0] = float("nan")
+    with pytest.raises(NonFinite):
+        trainer.iteration()
+    # without the per-iteration check (CUDA) the iteration runs and the log time catches it
+    trainer.learner.guard = False
+    trainer.iteration()
+    with pytest.raises(NonFinite):
+        trainer.log_values()

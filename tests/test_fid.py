@@ -40,6 +40,38 @@ def test_frechet_distance_closed_forms():
     assert d == pytest.approx(expected, abs=1e-9)
 
 
+def _statistics(rng, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    feats = rng.normal(size=(n, dim)) @ rng.normal(size=(dim, dim)) + rng.normal(size=dim)
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+@pytest.mark.parametrize("n", [200, 20])  # 20 images of 32 features: a singular product
+def test_frechet_distance_equals_pytorch_fids(n):
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    rng = np.random.default_rng(n)
+    a, b = _statistics(rng, n, 32), _statistics(rng, n, 32)
+    assert fid.frechet_distance(*a, *b) == pytest.approx(calculate_frechet_distance(*a, *b),
+                                                         rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [200, 20])
+def test_frechet_distance_needs_no_disp_argument(monkeypatch, n):
+    """SciPy 1.18 removed sqrtm's `disp`: the distance must not pass it."""
+    import scipy.linalg
+    real = scipy.linalg.sqrtm
+    expected = fid.frechet_distance(*_statistics(np.random.default_rng(n), n, 16),
+                                    *_statistics(np.random.default_rng(n + 1), n, 16))
+
+    def sqrtm(a, **kwargs):
+        if "disp" in kwargs:
+            raise TypeError("sqrtm() got an unexpected keyword argument 'disp'")
+        return real(a, **kwargs)
+    monkeypatch.setattr(scipy.linalg, "sqrtm", sqrtm)
+    got = fid.frechet_distance(*_statistics(np.random.default_rng(n), n, 16),
+                               *_statistics(np.random.default_rng(n + 1), n, 16))
+    assert got == expected
+
+
 def test_feature_stats_match_numpy_mean_and_cov():
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(103, 6)) * [1, 2, 3, 4, 5, 6] + 1000  # large offset: no cancellation

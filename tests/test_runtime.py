@@ -27,17 +27,35 @@ def test_cuda_matmul_tf32_is_off_by_default_and_convolutions_keep_pytorchs_defau
     assert torch.backends.cuda.matmul.allow_tf32 is False and applied["tf32"] is False
     assert torch.backends.cudnn.allow_tf32 == conv_default
     assert torch.backends.cudnn.benchmark is True
-    assert runtime.precision_note(applied) == "matmul tf32 off"
+    assert runtime.precision_note(applied) == \
+        f"matmul tf32 off, conv tf32 {'on' if conv_default else 'off'}"
 
 
 def test_tf32_flag_opts_in(restore_backends):
     args = train_parser("sym").parse_args(["--tf32"])
     applied = runtime.configure(CUDA, tf32=args.tf32)
     assert torch.backends.cuda.matmul.allow_tf32 is True
-    assert runtime.precision_note(applied) == "matmul tf32 on"
+    assert runtime.precision_note(applied).startswith("matmul tf32 on, conv tf32 ")
     assert train_parser("sym").parse_args([]).tf32 is False
 
 
+def test_strict_fp32_turns_tf32_off_for_convolutions_too(restore_backends):
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
+    args = train_parser("sym").parse_args(["--fp32_strict", "--tf32"])
+    applied = runtime.configure(CUDA, tf32=args.tf32, strict_fp32=args.fp32_strict)
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert runtime.precision_note(applied) == "matmul tf32 off, conv tf32 off"
+
+
+def test_cuda_n_is_made_the_current_device(restore_backends, monkeypatch):
+    """Graphs and streams use the current device: cuda:1 must become it."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    runtime.configure(torch.device("cuda", 1))
+    runtime.configure(torch.device("cuda"))  # no index: the current device stays
+    assert chosen == [torch.device("cuda", 1)]
+
+
 def test_cpu_runs_report_fp32(restore_backends):
-    assert runtime.precision_note(runtime.configure(torch.device("cpu"), tf32=True)) == \
-        "matmul tf32 off"
+    assert runtime.precision_note(runtime.configure(torch.device("cpu"), tf32=True)) == "fp32"
