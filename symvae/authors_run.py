@@ -59,7 +59,10 @@ def run_script(folder: Path, device: str, script: str, args: list[str],
     """
     import torch
     dev = torch.device(device)
-    torch.cuda.current_device = lambda: dev  # their only device choice
+    if dev.type == "cuda":  # their only device choice, answered by CUDA itself (an index)
+        torch.cuda.set_device(dev.index or 0)
+    else:
+        torch.cuda.current_device = lambda: dev
     os.chdir(folder)
     sys.path.insert(0, str(folder))
     if on_batch is not None:
