@@ -42,10 +42,10 @@ AUTHORS_ITERATIONS = 200_000
 DEFAULT_BUDGET_S = 400.0  # with Python's start and the shell's unpacking: done by 7 minutes
 FULL = {"bs": 1024, "bench_iters": 100, "bench_warmup": 20, "fid_n": 70_000,
         "chain_steps": 1000, "chain_bs": 10_000, "feature_bs": 500, "min_iterations": 1000,
-        "max_iterations": AUTHORS_ITERATIONS, "preflight_bs": 256}
+        "max_iterations": AUTHORS_ITERATIONS, "preflight_bs": 256, "min_images": 1000}
 DRY = {"bs": 8, "bench_iters": 2, "bench_warmup": 1, "fid_n": 20, "chain_steps": 3,
        "chain_bs": 10, "feature_bs": 10, "min_iterations": 4, "max_iterations": 4,
-       "preflight_bs": 8}
+       "preflight_bs": 8, "min_images": 2}
 
 
 class Report:
@@ -232,6 +232,19 @@ def plan_iterations(seconds_left: float, per_iteration: float, sizes: dict) -> i
     return max(sizes["min_iterations"], min(sizes["max_iterations"], fit))
 
 
+def plan_images(seconds_left: float, fixed: float, per_image: float, scores_left: int,
+                sizes: dict) -> int:
+    """Images for the next score: this score's share of the time left after its fixed costs
+    (child start, data, Inception, two Fréchet distances) and 10 s of margin, in thousands,
+    at most fid_n; 0 when fewer than min_images fit (a score that cannot finish is skipped).
+    1.5 per image: a first score also computes the data statistics, one more Inception pass.
+    """
+    fit = int((seconds_left / scores_left - fixed - 10) / (1.5 * per_image))
+    if fit >= 1000:
+        fit -= fit % 1000
+    return min(sizes["fid_n"], fit) if fit >= sizes["min_images"] else 0
+
+
 def timed(fn) -> tuple[object, float]:
     t = time.perf_counter()
     value = fn()
@@ -339,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             per_image = fid_probe(work, method, sizes, device)
             fixed = costs["child_start"] + costs["data_load"] + costs["inception_build"] + \
                 2 * costs["frechet"]
-            # 1.5: the first score also computes the data statistics (one Inception pass)
-            fit = int((left() - fixed - 10) / (len(METHODS) - i) / (1.5 * per_image))
-            n = max(2, min(sizes["fid_n"], fit - fit % 1000 if fit >= 1000 else fit))
+            n = plan_images(left(), fixed, per_image, len(METHODS) - i, sizes)
+            if n == 0:
+                report.say(f"{method}: not scored: {left():.0f} s left, too few for "
+                           f"{sizes['min_images']} images ({fixed:.0f} s of fixed costs)")
+                continue
             report.say(f"{method}: about {1e3 * per_image:.3f} ms per image and set pair; "
                        f"scoring {n} images")
             r = score(report, work, method, n, sizes, device, args.data_root)

@@ -80,6 +80,15 @@ def test_iterations_fit_the_time_left_up_to_the_seed_run():
     assert gpu_check.plan_iterations(1.0, 0.01, sizes) == sizes["min_iterations"]
 
 
+def test_a_score_that_cannot_finish_is_skipped():
+    """As in the second H200 call: 60 s left, 25 s of fixed costs, 2.56 ms per image."""
+    sizes = gpu_check.FULL
+    assert gpu_check.plan_images(60.0, 25.0, 0.00256, 1, sizes) == 6000  # 25 s / 3.84 ms
+    assert gpu_check.plan_images(60.0, 25.0, 0.00256, 2, sizes) == 0  # -5 s each: skip
+    assert gpu_check.plan_images(1e5, 25.0, 0.00256, 1, sizes) == 70_000
+    assert gpu_check.plan_images(38.0, 25.0, 0.00256, 1, sizes) == 0  # 781 < 1000 images
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not weights_path().is_file(), reason="pytorch-fid's Inception weights")
 def test_the_gpu_script_dry_run_on_the_cpu(tmp_path):
