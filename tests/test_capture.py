@@ -14,11 +14,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from symvae import bench, capture, stats
 from symvae import checkpoint as ckpt_io
 from symvae.capture import CaptureError, OpTape, capture_count, capture_iteration
+from symvae.experiment import load_model_class
 from symvae.learning import NonFinite
+from symvae.train import Trainer
 
 CAPTURE_AT = 3
 ITERATIONS = 12  # with 40 images and batch 8 the permutation is redrawn every 5
@@ -272,3 +276,77 @@ def test_a_nan_weight_stops_as_divergence_not_inside_bernoulli():
     trainer.iteration()
     with pytest.raises(NonFinite):
         trainer.log_values()
+
+
+# --- what a CUDA graph needs that the tape does not see -----------------------------------------
+class DeviceAudit(TorchDispatchMode):
+    """Every aten call: host reads, and any tensor on the CPU among inputs or outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host_reads: list[str] = []
+        self.on_cpu: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in capture.HOST_READS:
+            self.host_reads.append(name)
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
+               for t in tree_flatten((args, kwargs, out))[0]):
+            self.on_cpu.append(name)
+        return out
+
+
+def meta_trainer(experiment: str, method: str):
+    """The iteration on the meta device: the CUDA path's shapes and devices, without a GPU."""
+    meta = torch.device("meta")
+    model_cls = load_model_class(experiment)
+    data = bench.synthetic_data(model_cls, torch.device("cpu"), n=40)
+    data.images = data.images.to(meta)
+    data.perm = torch.randperm(len(data.images), device=meta)
+    trainer = Trainer(model_cls(6, 10).to(meta), method, data, None,
+                      SimpleNamespace(stepsize=1e-4, nan_policy="stop", bs=8), meta)
+    trainer.learner.guard = False
+    capture.make_capturable(trainer.learner.optimizers)
+    trainer.device_iteration()  # statistics and Adam's state exist from here on, as at capture
+    return trainer
+
+
+@pytest.mark.parametrize("experiment", bench.available_experiments())
+@pytest.mark.parametrize("method", ["sym", "elbo"])
+def test_the_device_iteration_never_reads_the_host_nor_touches_the_cpu(monkeypatch, experiment,
+                                                                       method):
+    monkeypatch.setattr(importlib.import_module("torch.optim.adam"),
+                        "_get_capturable_supported_devices", lambda *a, **k: ["meta"])
+    trainer = meta_trainer(experiment, method)
+    with DeviceAudit() as audit:
+        trainer.device_iteration()
+    assert audit.host_reads == [] and audit.on_cpu == []
+
+
+def test_the_audit_sees_host_reads_and_cpu_tensors():
+    x = torch.ones(3, device="meta")
+    with DeviceAudit() as audit:
+        x + torch.ones(3)[0]  # a CPU scalar tensor mixed in
+    assert audit.on_cpu
+    with DeviceAudit() as audit, contextlib.suppress(Exception):
+        torch.ones(2).sum().item()
+    assert audit.host_reads == ["_local_scalar_dense"]
+
+
+@pytest.mark.parametrize("experiment", bench.available_experiments())
+@pytest.mark.parametrize("method", ["sym", "elbo"])
+def test_no_autograd_graph_survives_an_iteration(experiment, method):
+    """A tensor kept across iterations with a graph attached would pin the captured memory
+    and make each replay's backward reach into the previous iteration."""
+    trainer = bench.build_trainer(experiment, method, 8, torch.device("cpu"), nz=(6, 10))
+    trainer.data = bench.synthetic_data(type(trainer.model), torch.device("cpu"), n=40)
+    for _ in range(2):
+        trainer.iteration()
+        trainer.count += 1
+    kept = capture.state_tensors(trainer)
+    kept.update({f"optim.{i}": t for i, t in enumerate(capture._optimizer_tensors(trainer))})
+    assert len(kept) > 5
+    assert [name for name, t in kept.items() if t.grad_fn is not None or t.requires_grad] == []
+    assert all(p.grad is None or p.grad.grad_fn is None for p in trainer.model.parameters())

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_dataset
 
 from symvae import fetch, gpu_assets, gpu_check
 from symvae.fid import weights_path
@@ -91,13 +90,17 @@ def test_a_score_that_cannot_finish_is_skipped():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not weights_path().is_file(), reason="pytorch-fid's Inception weights")
+@pytest.mark.skipif(not (fetch.default_root() / "MNIST" / "raw" / fetch.FILES[0]).is_file(),
+                    reason="MNIST (make setup)")
 def test_the_gpu_script_dry_run_on_the_cpu(tmp_path):
-    """scripts/gpu_check.sh end to end at tiny sizes; the authors' code too when
-    SYMVAE_AUTHORS names their checkout (their loader takes images in hundreds)."""
-    data_root = write_dataset(tmp_path / "data", "mnist", n_train=200, n_test=100)
+    """scripts/gpu_check.sh end to end at tiny sizes, from a real packed .gpu/ as it travels
+    (pytorch-fid's wheel installed offline from it, MNIST and the fp16 weights unpacked); the
+    authors' code too when SYMVAE_AUTHORS names their checkout."""
+    assets = tmp_path / "gpu"
+    gpu_assets.pack(assets, fetch.default_root(), weights_path(), None)
     out = tmp_path / "out"
-    env = dict(os.environ, SYMVAE_DATA=str(data_root), SYMVAE_GPU_ASSETS=str(tmp_path / "none"),
-               OMP_NUM_THREADS="1", PYTHON=sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in ("SYMVAE_DATA", "TORCH_HOME")}
+    env.update(SYMVAE_GPU_ASSETS=str(assets), OMP_NUM_THREADS="1", PYTHON=sys.executable)
     proc = subprocess.run(["bash", "scripts/gpu_check.sh", str(out), "--device", "cpu",
                            "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
@@ -116,5 +119,15 @@ def test_the_gpu_script_dry_run_on_the_cpu(tmp_path):
         "m_sym.pt", "m_elbo.pt", "img_sym.png", "img_elbo.png"}
     weights = torch.load(out / "m_sym.pt")
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+    assert "## 0. Preflight" in report and "fixed costs:" in report
+    assert "stored as fp16, widened to fp32" in report  # the travelled weights were used
     if os.environ.get("SYMVAE_AUTHORS"):
         assert "x |" in rows[0]
+
+
+def test_the_gpu_script_refuses_without_its_assets_on_a_gpu_machine(tmp_path):
+    env = dict(os.environ, SYMVAE_GPU_ASSETS=str(tmp_path / "none"), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "out")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "make gpu-assets" in proc.stderr
