@@ -44,13 +44,12 @@ def trained(tmp_path_factory) -> Path:
     Trained once for the module (hence conftest's helpers rather than its
     per-test fixtures): the PNG and notebook tests only read it.
     """
-    from conftest import run_script, write_dataset
+    from conftest import copy_sources, run_script, write_dataset
     tmp = tmp_path_factory.mktemp("trained")
     data = tmp / "data"
     write_dataset(data, "mnist")
     folder = tmp / "mnist-ladder"
-    shutil.copytree(REPO / "mnist-ladder", folder, ignore=shutil.ignore_patterns(
-        "images", "logs", "models", "generated_data", "__pycache__", "*.ipynb"))
+    copy_sources(REPO / "mnist-ladder", folder, skip=("*.ipynb",))
     for script, tag in (("main_sym.py", "0"), ("main_elbo.py", "1")):
         run_script(folder, script, "--call_prefix", tag, "--data_root", str(data), *TINY_RUN)
     return folder
