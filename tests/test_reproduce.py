@@ -103,6 +103,28 @@ def test_quick_dry_run_prints_the_commands_and_about_an_hour(tmp_path: Path, cap
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+def test_no_preset_on_a_cpu_asks_for_one_and_names_those_that_fit(tmp_path: Path, capsys):
+    line = error_line(capsys, "--device", "cpu", "--out", str(tmp_path))
+    assert "no --preset given" in line and "readme" in line and "--yes" in line
+    hours = float(re.search(r"estimated at ([\d.]+) h on this CPU", line).group(1))
+    assert hours > 1000  # the readme preset's six rows at the CPU rates
+    fit = re.search(r"within 4 h here: ([^)]*)\)", line).group(1)
+    assert [part.split(" ~")[0] for part in fit.split(", ")] == ["quick", "smoke"]
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_no_preset_runs_the_default_where_its_estimate_is_short(tmp_path: Path):
+    def check(*argv: str) -> None:
+        args = reproduce.parser().parse_args([*argv, "--out", str(tmp_path)])
+        opts = Options(out=tmp_path / reproduce.DEFAULT_PRESET)
+        reproduce.check_default_preset(args, opts, lambda name: build_rows(
+            name, None, grid.METHODS, (0,), reproduce.check_args(args)))
+    check("--executor", "slurm")  # one GPU job per row: the longest row, well under 4 h
+    check("--device", "cpu", "--niterations", "100", "--n", "100", "--chain_steps", "10")
+    with pytest.raises(SystemExit):
+        check("--device", "cpu", "--niterations", "20000")
+
+
 @pytest.mark.parametrize("argv, words", [
     (("--niterations", "0"), "--niterations 0"),
     (("--stepsize", "2"), "--stepsize 2"),
