@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check (docs/gpu.md): our training step and the authors' side by side, then
-# one row of the seed's table (both methods trained, both FIDs), within about 8 minutes on one
+# one row of the authors' table (both methods trained, both FIDs), within about 8 minutes on one
 # H100. Prints as it goes and writes its results into OUT (at most 8 files).
 #   scripts/gpu_check.sh OUT [--budget_s 480]            # on the GPU machine
 #   scripts/gpu_check.sh OUT --device cpu --dry-run      # anywhere: tiny sizes, to test it

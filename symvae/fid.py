@@ -1,4 +1,4 @@
-"""FID of a trained model's samples against its data, in memory (SPEC §6, the seed's table).
+"""FID of a trained model's samples against its data, in memory (SPEC §6, the authors' table).
 
 Run inside an experiment folder:
 
@@ -9,7 +9,7 @@ would write them (same seed, same --bs: same images), feeds them to pytorch-fid'
 Inception network as pytorch-fid reads the PNG files (8-bit, grey copied to RGB,
 /255), and compares their pool3 statistics with those of the first --n data
 images, cached once per dataset and size as a pytorch-fid .npz (keys mu, sigma).
-The row is printed in the seed table's format and appended to fid_results.md
+The row is printed in the format of the authors' table and appended to fid_results.md
 and fid_results.json in the folder.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from symvae.generate import load_trained
 from symvae.sampling import to_uint8
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid loads from the hub
-POOL3 = 2048  # pool3 features: pytorch-fid's default and the seed's numbers
+POOL3 = 2048  # pool3 features: pytorch-fid's default and the authors' numbers
 # Measured on the 2-core CPU (see README): channels_last runs Inception faster there.
 CHANNELS_LAST_ON_CPU = True
 RESULTS = ("fid_results.md", "fid_results.json")
@@ -63,7 +63,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
     """Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2):
     ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
 
-    pytorch-fid's own implementation, so that the numbers are the seed's.
+    pytorch-fid's own implementation, so that the numbers are the authors'.
     """
     from pytorch_fid.fid_score import calculate_frechet_distance
     return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
@@ -264,7 +264,7 @@ def score(argv: list[str] | None, features: Features | None) -> int:
         positive(f"--{flag}", getattr(args, flag))
     non_negative("--chain_steps", args.chain_steps)
     if args.n < 2:
-        fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
+        fail(f"--n {args.n}: FID needs at least 2 images per set (the authors use 70000)")
     check_results(folder)
     device = pick_device(args.device)
     load_trained(model_cls, args, device)  # refuse a missing or bad model before Inception

@@ -1,6 +1,6 @@
-"""Reproduce the seed's FID tables in one command: experiments x methods x seeds.
+"""Reproduce the authors' FID tables in one command: experiments x methods x seeds.
 
-    python -m symvae.reproduce --preset readme                 # the seed's tables, rows in turn
+    python -m symvae.reproduce --preset readme                 # the authors' tables, rows in turn
     python -m symvae.reproduce --preset quick --dry-run        # what it would run, and how long
     python -m symvae.reproduce --preset paper --executor slurm --partition gpu --timeout_min 720
 
@@ -63,7 +63,7 @@ class Stopped(Exception):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m symvae.reproduce",
-        description="Run the seed's FID table rows (train, sample grids, both FIDs) and write "
+        description="Run the authors' FID table rows (train, sample grids, both FIDs) and write "
                     "results/PRESET/table.{md,json,png}. Run again to finish what is missing.")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help=f"default {DEFAULT_PRESET}, unless its estimated time here exceeds "
@@ -118,7 +118,7 @@ def check_args(args: argparse.Namespace) -> dict:
                 fail(f"--stepsize {v}: must be a positive learning rate below 1 (e.g. 1e-4)")
         elif k == "fid_dims" and v not in FID_DIMS:
             fail(f"--fid_dims {v}: must be one of {', '.join(map(str, FID_DIMS))} "
-                 "(pytorch-fid's feature blocks; the seed's FIDs use 2048)")
+                 "(pytorch-fid's feature blocks; the authors' FIDs use 2048)")
         elif v < (2 if k == "n" else 1):
             fail(f"--{k} {v}: must be at least {2 if k == 'n' else 1}")
     if any(s < 0 for s in args.seeds):

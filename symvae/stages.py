@@ -29,7 +29,7 @@ from symvae.data import REPO_ROOT
 from symvae.grid import Row
 
 STAGES = ("train", "generate", "fid")
-POOL3 = 2048  # the seed's FID features
+POOL3 = 2048  # the authors' FID features
 STATE_FILE = "row.json"
 MI_NAMES = ("qmi0", "qmi1")  # does the encoder use z0, z1 at all (ladder experiments)
 

@@ -162,7 +162,7 @@ def test_table_gives_mean_and_sd_over_finished_seeds(tmp_path: Path):
     assert line["random_code_fid"] == pytest.approx((3.0, 2 ** 0.5))
     assert line["limiting_fid"] == pytest.approx((6.0, 8 ** 0.5))
     assert line["wall_seconds"] == pytest.approx((12.0, 0.0))
-    assert line["seed_figures"] == {"random_code_fid": 1.6543, "limiting_fid": 4.1015}
+    assert line["authors_figures"] == {"random_code_fid": 1.6543, "limiting_fid": 4.1015}
 
 
 # --- SLURM without a cluster: the script submitit writes, and no double submission -------------
