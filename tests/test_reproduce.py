@@ -1,6 +1,7 @@
 """python -m symvae.reproduce: presets, the dry run, the table, the executors, resuming."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -163,6 +164,45 @@ def test_table_gives_mean_and_sd_over_finished_seeds(tmp_path: Path):
     assert line["limiting_fid"] == pytest.approx((6.0, 8 ** 0.5))
     assert line["wall_seconds"] == pytest.approx((12.0, 0.0))
     assert line["authors_figures"] == {"random_code_fid": 1.6543, "limiting_fid": 4.1015}
+
+
+def table_lines(tmp_path: Path, preset: str, fids: list[float]) -> list[dict]:
+    """summarize() over one finished seed per row of `preset`, with the given FIDs in turn."""
+    opts = Options(out=tmp_path / preset)
+    rows = build_rows(preset)
+    for row, fid_value in zip(rows, fids):
+        stages = {s: {"key": stage_key(row, s, opts), "seconds": 1.0} for s in STAGES}
+        stages["train"].update(iterations=8, train_seconds=1.0, qmi0=0.1, qmi1=0.3,
+                               device="cpu", commit="abc")
+        stages["fid"].update(random_code_fid=fid_value, limiting_fid=2 * fid_value)
+        (opts.out / row.name).mkdir(parents=True)
+        write_state(opts.out / row.name, {"row": row.as_dict(), "stages": stages})
+    return summarize(rows, opts)
+
+
+def tick_labels_overlap(fig) -> bool:
+    """Whether any two visible x tick labels of an axis overlap, once drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels(which="both")
+                 if t.get_visible() and t.get_text()]
+        boxes.sort(key=lambda b: b.x0)
+        if any(a.x1 > b.x0 for a, b in itertools.pairwise(boxes)):
+            return True
+    return False
+
+
+def test_smoke_figure_warns_and_shows_no_authors_figures(tmp_path: Path):
+    from symvae.report import figure
+    fig = figure("smoke", table_lines(tmp_path, "smoke", [5.0, 6.0, 7.0, 8.0, 9.0, 11.0]))
+    assert "compare with nothing" in fig.get_suptitle()
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no "authors' figure" markers
+    assert not tick_labels_overlap(fig)
+    fig = figure("quick", table_lines(tmp_path, "quick", [200.0, 33.0]))
+    assert "vs the authors'" in fig.get_suptitle() and fig.axes[0].get_legend() is not None
+    assert not tick_labels_overlap(fig)
 
 
 # --- SLURM without a cluster: the script submitit writes, and no double submission -------------
