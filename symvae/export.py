@@ -49,6 +49,7 @@ from symvae.cli import (
     interruptible,
     load_data,
     model_flags,
+    new_parser,
     non_negative,
     pick_device,
     positive,
@@ -167,7 +168,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
 
 
 def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(description="Write image sets for FID.")
+    parser = new_parser(description="Write image sets for FID.")
     model_flags(parser)
     parser.add_argument("--mode", required=True,
                         help="name of the subfolder of generated_data/ (e.g. sym or elbo)")

@@ -36,6 +36,7 @@ from symvae.cli import (
     interruptible,
     load_data,
     model_flags,
+    new_parser,
     non_negative,
     pick_device,
     positive,
@@ -227,7 +228,7 @@ def check_results(folder: Path) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = new_parser(
         description="FID of random-code and limiting samples against the data, in memory; "
                     "run inside an experiment folder.")
     model_flags(p)
@@ -239,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
                    help="chains run side by side (as generate_data.py's --bs: same seed and bs, "
                         "same images)")
     p.add_argument("--feature_bs", type=int, default=50,
-                   help="images per Inception call (pytorch-fid's default is 50)")
+                   help="images per Inception call (default: 50, as pytorch-fid's)")
     p.add_argument("--data_root", default=None, help="as for main_sym.py")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p

@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from symvae.cli import fail
+from symvae.cli import fail, new_parser
 from symvae.data import REPO_ROOT
 from symvae.experiment import EXPERIMENTS
 from symvae.grid import (
@@ -61,7 +61,7 @@ class Stopped(Exception):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = new_parser(
         prog="python -m symvae.reproduce",
         description="Run the authors' FID table rows (train, sample grids, both FIDs) and write "
                     "results/PRESET/table.{md,json,png}. Run again to finish what is missing.")
