@@ -93,3 +93,32 @@ def test_a_run_shorter_than_log_period_logs_its_last_iteration(experiment_copy, 
     assert train.main(HVAE, "elbo", [*small, "--call_prefix", "b", "--load_prefix", "b",
                                      "--niterations", "9", "--log_period", "3"]) == 0
     assert log_counts(folder, "b") == [3, 6, 7, 9]
+
+
+def test_data_help_shows_the_fetch_verb_the_readme_uses(capsys):
+    from symvae.fetch import main as fetch_main
+    usage = printed_help(capsys, fetch_main).splitlines()[0]
+    assert usage.startswith("usage: python -m symvae.data fetch ")
+    assert "python -m symvae.data fetch" in README.read_text()
+
+
+def test_few_images_get_our_note_and_the_progress_counts_image_steps(experiment_copy, data_root,
+                                                                     monkeypatch, capsys):
+    from test_fid import projection, save_untrained
+    folder = experiment_copy("mnist-ladder")
+    save_untrained(folder, "s")
+    monkeypatch.chdir(folder)
+    common = ["--call_prefix", "s", "--nz0", "4", "--nz1", "8", "--chain_steps", "1",
+              "--seed", "0", "--data_root", str(data_root), "--device", "cpu"]
+    assert fid.main([*common, "--n", "5", "--no_progress"], features=projection(6)) == 0
+    assert "note: --n 5 images for 6 features: the covariance matrices are singular" in \
+        capsys.readouterr().err
+    assert fid.main([*common, "--n", "7", "--no_progress"], features=projection(6)) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert export.main(HVAE, [*common, "--n", "4", "--mode", "t", "--workers", "0"]) == 0
+    assert "img-step" in capsys.readouterr().err
+    # an early Inception block's features keep data statistics of their own
+    assert fid.main([*common, "--n", "7", "--dims", "64", "--no_progress"],
+                    features=projection(6)) == 0
+    cached = sorted(p.name for p in (data_root / "fid_stats").glob("*-n7-*.npz"))
+    assert cached == ["MNIST-bin0.4375-n7-dims64.npz", "MNIST-bin0.4375-n7-pool3.npz"]

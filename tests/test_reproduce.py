@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -102,6 +103,18 @@ def test_quick_dry_run_prints_the_commands_and_about_an_hour(tmp_path: Path, cap
     minutes = int(re.search(r"estimated total: (\d+) min", out).group(1))
     assert 45 <= minutes <= 70
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_smoke_dry_run_prints_fid_commands_that_run_as_printed(tmp_path: Path, capsys):
+    from symvae import fid
+    assert run_main("--preset", "smoke", "--dry-run", "--device", "cpu",
+                    "--out", str(tmp_path)) == 0
+    lines = [ln.split("#")[0].split("python -m symvae.fid ")[1]
+             for ln in capsys.readouterr().out.splitlines() if "python -m symvae.fid" in ln]
+    assert len(lines) == 6
+    for line in lines:
+        args = fid.parser().parse_args(shlex.split(line))
+        assert (args.dims, args.n, args.chain_steps) == (64, 10, 2)
 
 
 def test_no_preset_on_a_cpu_asks_for_one_and_names_those_that_fit(tmp_path: Path, capsys):
