@@ -30,6 +30,23 @@ SAMPLE_BYTES_PER_IMAGE = 0.7e6
 BASE_BYTES = 1.5e9
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """--help shows each flag's default, `(default: 1024)`, unless its help already speaks of
+    its default or it has none worth showing (None, a switch that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        if shown and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)" if text else "(default: %(default)s)"
+        return text
+
+
+def new_parser(**kwargs) -> argparse.ArgumentParser:
+    """An ArgumentParser whose --help shows the defaults (every entry point's)."""
+    return argparse.ArgumentParser(formatter_class=DefaultsHelp, **kwargs)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
@@ -133,7 +150,7 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
 
 def train_parser(method: str) -> argparse.ArgumentParser:
     what = {"sym": "symmetric equilibrium learning", "elbo": "ELBO maximisation"}[method]
-    p = argparse.ArgumentParser(description=f"Learn this folder's HVAE by {what}.")
+    p = new_parser(description=f"Learn this folder's HVAE by {what}.")
     model_flags(p)
     p.add_argument("--load_prefix", default=None,
                    help="continue from models/m_TAG.pt (full checkpoint or bare state dict)")

@@ -49,6 +49,7 @@ from symvae.cli import (
     interruptible,
     load_data,
     model_flags,
+    new_parser,
     non_negative,
     pick_device,
     positive,
@@ -167,11 +168,12 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
 
 
 def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(description="Write image sets for FID.")
+    parser = new_parser(description="Write image sets for FID.")
     model_flags(parser)
     parser.add_argument("--mode", required=True,
                         help="name of the subfolder of generated_data/ (e.g. sym or elbo)")
-    parser.add_argument("--n", type=int, default=70000, help="images per set (default 70,000)")
+    parser.add_argument("--n", type=int, default=70000, help="images per set (default 70,000); the data set is its first N images in stored "
+                             "order (MNIST's training images first)")
     parser.add_argument("--chain_steps", type=int, default=1000,
                         help="sampled steps of each limiting chain before its output step")
     parser.add_argument("--bs", type=int, default=1000, help="chains run side by side")
@@ -230,7 +232,8 @@ def write_sets(model: HVAE, data: DeviceData, n: int, args: argparse.Namespace,
         (stage / name).mkdir(parents=True)
     codes: dict[str, list[np.ndarray]] = {name: [] for name in CODES}
     writer = PngWriter(args.workers)
-    bar = tqdm(total=n * (args.chain_steps + 3), unit="img", desc="generate_data")
+    # image-steps: a chain step of one image counts one, so the rate is not images per second
+    bar = tqdm(total=n * (args.chain_steps + 3), unit="img-step", desc="generate_data")
     # a signal only marks the stop, which is raised between image steps: raised inside the
     # pool's own code it could leave a lock held and the shutdown waiting for ever
     signals: list[int] = []

@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["fetch"]:
         args = args[1:]
     parser = argparse.ArgumentParser(
-        prog="python -m symvae.fetch",
+        prog="python -m symvae.data fetch",  # the README's form; symvae.fetch takes it too
         description="Fetch MNIST, Fashion-MNIST and pytorch-fid's Inception weights offline.",
     )
     parser.add_argument("--root", type=Path, default=None,

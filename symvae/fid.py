@@ -1,4 +1,4 @@
-"""FID of a trained model's samples against its data, in memory (SPEC §6, the seed's table).
+"""FID of a trained model's samples against its data, in memory (SPEC §6, the authors' table).
 
 Run inside an experiment folder:
 
@@ -9,7 +9,7 @@ would write them (same seed, same --bs: same images), feeds them to pytorch-fid'
 Inception network as pytorch-fid reads the PNG files (8-bit, grey copied to RGB,
 /255), and compares their pool3 statistics with those of the first --n data
 images, cached once per dataset and size as a pytorch-fid .npz (keys mu, sigma).
-The row is printed in the seed table's format and appended to fid_results.md
+The row is printed in the format of the authors' table and appended to fid_results.md
 and fid_results.json in the folder.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from symvae.cli import (
     interruptible,
     load_data,
     model_flags,
+    new_parser,
     non_negative,
     pick_device,
     positive,
@@ -48,7 +49,8 @@ from symvae.generate import load_trained
 from symvae.sampling import to_uint8
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid loads from the hub
-POOL3 = 2048  # pool3 features: pytorch-fid's default and the seed's numbers
+POOL3 = 2048  # pool3 features: pytorch-fid's default and the authors' numbers
+DIMS = (64, 192, 768, POOL3)  # the feature blocks of pytorch-fid's Inception (its --dims)
 # Measured on the 2-core CPU (see README): channels_last runs Inception faster there.
 CHANNELS_LAST_ON_CPU = True
 RESULTS = ("fid_results.md", "fid_results.json")
@@ -92,9 +94,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
         raise ValueError(f"statistics of different sizes: {mu1.shape} and {mu2.shape}")
     diff = mu1 - mu2
     covmean = _sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        print(f"note: the covariance product is singular; adding {SINGULAR_EPS} to the "
-              "diagonals (as pytorch-fid does)", file=sys.stderr)
+    if not np.isfinite(covmean).all():  # score() has said so once (warn_if_singular)
         offset = np.eye(sigma1.shape[0]) * SINGULAR_EPS
         covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):
@@ -117,8 +117,9 @@ def weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
 
 
-def inception_features(device: torch.device) -> Features:
-    """pytorch-fid's InceptionV3 on `device`: images -> pool3 features [B, 2048].
+def inception_features(device: torch.device, dims: int = POOL3) -> Features:
+    """pytorch-fid's InceptionV3 on `device`: images -> pool3 features [B, 2048], or those of
+    the earlier block of `dims` features, average-pooled as pytorch-fid pools them.
 
     Raises FileNotFoundError (with the fix) when the weights file is not in the hub.
     """
@@ -127,7 +128,7 @@ def inception_features(device: torch.device) -> Features:
                                 "run `python -m symvae.data fetch inception`")
     from pytorch_fid.inception import InceptionV3
     try:
-        net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[POOL3]]).to(device).eval()
+        net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]]).to(device).eval()
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file, however torch says it
         raise FileNotFoundError(f"{weights_path()}: pytorch-fid's Inception weights are damaged "
                                 f"({type(err).__name__}); delete the file and run `python -m "
@@ -137,7 +138,10 @@ def inception_features(device: torch.device) -> Features:
     net = net.to(memory_format=fmt)
 
     def features(x: Tensor) -> Tensor:
-        return net(x.contiguous(memory_format=fmt))[0].flatten(1)
+        out = net(x.contiguous(memory_format=fmt))[0]
+        if out.shape[2:] != (1, 1):  # an early block: pooled as pytorch-fid's get_activations
+            out = torch.nn.functional.adaptive_avg_pool2d(out, 1)
+        return out.flatten(1)
     return features
 
 
@@ -262,20 +266,35 @@ def check_results(folder: Path) -> None:
         fail(f"{folder} is not writable; run the score command in a writable experiment folder")
 
 
+def warn_if_singular(n: int, dims: int) -> None:
+    """One line of ours: n images give covariances of rank below n, so with n <= dims features
+    they are singular and the matrix square root is inexact (frechet_distance then adds
+    SINGULAR_EPS to the diagonals, as pytorch-fid does)."""
+    if n <= dims:
+        print(f"note: --n {n} images for {dims} features: the covariance matrices are singular, "
+              f"so the FID is only approximate; use --n above {dims} for FIDs to compare with "
+              "others", file=sys.stderr)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = new_parser(
         description="FID of random-code and limiting samples against the data, in memory; "
                     "run inside an experiment folder.")
     model_flags(p)
     p.add_argument("--n", type=int, default=70000,
-                   help="images per set (default 70,000; at most the data set's size)")
+                   help="images per set (default 70,000; at most the data set's size): the "
+                        "first N data images in stored order (the training images first), N "
+                        "random-code and N limiting samples")
     p.add_argument("--chain_steps", type=int, default=1000,
                    help="sampled steps of each limiting chain before its output step")
     p.add_argument("--bs", type=int, default=1000,
                    help="chains run side by side (as generate_data.py's --bs: same seed and bs, "
                         "same images)")
     p.add_argument("--feature_bs", type=int, default=50,
-                   help="images per Inception call (pytorch-fid's default is 50)")
+                   help="images per Inception call (default: 50, as pytorch-fid's)")
+    p.add_argument("--dims", type=int, choices=DIMS, default=POOL3,
+                   help="Inception features compared, as pytorch-fid's --dims: 2048 (pool3) as "
+                        "the authors'; the early blocks' FIDs compare with nothing")
     p.add_argument("--data_root", default=None, help="as for main_sym.py")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
@@ -300,14 +319,14 @@ def score(argv: list[str] | None, features: Features | None) -> int:
         positive(f"--{flag}", getattr(args, flag))
     non_negative("--chain_steps", args.chain_steps)
     if args.n < 2:
-        fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
+        fail(f"--n {args.n}: FID needs at least 2 images per set (the authors use 70000)")
     check_results(folder)
     device = pick_device(args.device)
     load_trained(model_cls, args, device)  # refuse a missing or bad model before Inception
     runtime.configure(device, tf32=args.tf32, strict_fp32=args.fp32_strict)
     if features is None:  # built before seeding: building modules draws random numbers
         try:
-            features = inception_features(device)
+            features = inception_features(device, args.dims)
         except FileNotFoundError as err:
             fail(str(err))
     seed_everything(args.seed)  # then the same draws as generate_data.py
@@ -317,7 +336,10 @@ def score(argv: list[str] | None, features: Features | None) -> int:
     n = min(args.n, len(data))
     data_mu, data_sigma = data_statistics(model_cls.dataset, data, n,
                                           stats_cache_dir(args.data_root, folder), features,
-                                          args.feature_bs, progress=not args.no_progress)
+                                          args.feature_bs, progress=not args.no_progress,
+                                          kind="pool3" if args.dims == POOL3 else
+                                          f"dims{args.dims}")
+    warn_if_singular(n, len(data_mu))
     shot, lim = FeatureStats(), FeatureStats()
     bar = tqdm(total=n * (args.chain_steps + 5), unit="img-step", desc="fid",
                disable=args.no_progress)

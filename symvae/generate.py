@@ -23,6 +23,7 @@ from symvae.cli import (
     fail,
     interruptible,
     model_flags,
+    new_parser,
     non_negative,
     pick_device,
     positive,
@@ -52,7 +53,7 @@ def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
 
 
 def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(description="Generate sample grids from a trained model.")
+    parser = new_parser(description="Generate sample grids from a trained model.")
     model_flags(parser)
     parser.add_argument("--n", type=int, default=40, help="images per grid (10 per row)")
     parser.add_argument("--chain_steps", type=int, default=1000,

@@ -1,4 +1,4 @@
-"""The rows of the seed's FID tables, their settings per preset, and what a row costs.
+"""The rows of the authors' FID tables, their settings per preset, and what a row costs.
 
 A row is one experiment x method x seed: a training run (main_sym.py or main_elbo.py), the
 sample grids (generate.py) and the two FIDs (random code and limiting, `python -m symvae.fid`).
@@ -13,7 +13,7 @@ from symvae.experiment import EXPERIMENTS
 METHODS = ("sym", "elbo")
 METHOD_NAMES = {"sym": "symmetric", "elbo": "ELBO"}
 
-# The seed's README (SPEC §7): 200k iterations, batch 1024, nz0=30, nz1=100, 70,000 images,
+# The authors' README (SPEC §7): 200k iterations, batch 1024, nz0=30, nz1=100, 70,000 images,
 # 1000 chain steps. (random code FID, limiting FID) per experiment and method.
 SEED_FIGURES: dict[tuple[str, str], tuple[float, float]] = {
     ("mnist-ladder", "elbo"): (3.2227, 36.6440),
@@ -39,7 +39,7 @@ class Sizes:
     chain_steps: int  # steps of each limiting chain (FID and sample grids)
     fid_bs: int  # chains run side by side in the FID stage
     feature_bs: int  # images per Inception call
-    fid_dims: int  # Inception features FID compares (pytorch-fid's --dims; the seed's: 2048)
+    fid_dims: int  # Inception features FID compares (pytorch-fid's --dims; the authors': 2048)
     save_period: int  # iterations per checkpoint: what a kill or preemption can cost
     log_period: int  # iterations per log line
 
@@ -64,7 +64,7 @@ class Preset:
 
 
 PRESETS = {p.name: p for p in (
-    Preset("readme", "the seed's settings: " + SEED_SETTINGS, EXPERIMENTS, README),
+    Preset("readme", "the authors' settings: " + SEED_SETTINGS, EXPERIMENTS, README),
     Preset("paper", "the paper's settings: 1M iterations for MNIST; 280k iterations and "
            "nz0/nz1 50/200 for Fashion-MNIST", EXPERIMENTS,
            replace(README, niterations=1_000_000),

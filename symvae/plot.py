@@ -26,6 +26,9 @@ CLOCK = ("time", "count")
 # Mutual-information averages as train.mi_log_name writes them: bit group 'q0' -> 'qmi0'.
 MI_NAME = re.compile(r"[pq]mi\d+")
 PANEL_TITLES = {"len": "len: mean squared parameter"}
+# The log's first line names the method: `# sym mnist-ladder --call_prefix 0 ...`.
+METHOD_LINE = re.compile(r"# (sym|elbo) ")
+METHOD_NAMES = {"sym": "symmetric", "elbo": "ELBO"}
 PANEL_INCHES = (4.0, 3.0)
 TITLE_INCHES = 0.3
 PANELS_PER_ROW = 3
@@ -44,6 +47,12 @@ class Run:
     rows: list[dict[str, float]]
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # bit group -> sorted MI per bit
     image: Path | None = None
+    method: str | None = None  # sym or elbo, from the log's first line
+
+    @property
+    def label(self) -> str:
+        """How figures name the run: its method and tag, e.g. `symmetric 0`."""
+        return f"{METHOD_NAMES.get(self.method or '', 'run')} {self.tag}"
 
     def names(self) -> list[str]:
         """The logged quantities, in the order the log first names them."""
@@ -113,6 +122,13 @@ def read_log(path: Path) -> list[dict[str, float]]:
     return rows
 
 
+def read_method(path: Path) -> str | None:
+    """sym or elbo, as the log's first milestone line names it (None if it does not)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        match = METHOD_LINE.match(f.readline())
+    return match.group(1) if match else None
+
+
 def read_stats(folder: Path, tag: str) -> dict[str, np.ndarray]:
     """{bit group: MI per bit, ascending} from logs/stat{group}-TAG.txt (ladder models only).
 
@@ -146,7 +162,7 @@ def load_runs(tags: list[str] | str, folder: str | Path = ".") -> list[Run]:
         if image.is_file():
             check_image(image)
         runs.append(Run(tag, read_log(log), read_stats(folder, tag),
-                        image if image.is_file() else None))
+                        image if image.is_file() else None, read_method(log)))
     return runs
 
 
@@ -179,6 +195,11 @@ def _grid(n: int) -> tuple[Figure, list]:
     return fig, list(axes[:n])
 
 
+def colour(runs: list[Run], run: Run) -> str:
+    """A run's colour, the same in every panel of every figure, whichever panels it has."""
+    return f"C{runs.index(run) % 10}"
+
+
 def _overlay(runs: list[Run], names: list[str], title: str) -> Figure | None:
     """One panel per logged name against iterations, each run a labelled line."""
     if not names:
@@ -188,11 +209,11 @@ def _overlay(runs: list[Run], names: list[str], title: str) -> Figure | None:
         for run in runs:
             counts, values = run.series(name)
             if len(counts):
-                ax.plot(counts, values, label=run.tag)
+                ax.plot(counts, values, label=run.label, color=colour(runs, run))
         ax.set_title(PANEL_TITLES.get(name, name))
         ax.ticklabel_format(axis="y", useOffset=False)  # e.g. qloss0 near log 2 reads as such
         ax.set_xlabel("iteration")
-        ax.legend(title="run", fontsize="small")
+        ax.legend(title="method, tag", fontsize="small")
     fig.suptitle(title)
     return fig
 
@@ -222,10 +243,11 @@ def mi_profiles(runs: list[Run]) -> Figure | None:
     for ax, group in zip(axes, groups):
         for run in runs:
             if group in run.stats:
-                ax.plot(np.arange(1, len(run.stats[group]) + 1), run.stats[group], label=run.tag)
+                ax.plot(np.arange(1, len(run.stats[group]) + 1), run.stats[group],
+                        label=run.label, color=colour(runs, run))
         ax.set_title(f"stat{group}: MI of each bit, ascending")
         ax.set_xlabel("bit (by rank)")
-        ax.legend(title="run", fontsize="small")
+        ax.legend(title="method, tag", fontsize="small")
     fig.suptitle("per-bit mutual information at the last checkpoint")
     return fig
 
@@ -249,11 +271,11 @@ def images(runs: list[Run]) -> Figure:
     for ax, run, grid in zip(axes, runs, grids):
         ax.set_axis_off()
         if grid is None:
-            ax.set_title(f"run {run.tag}: no images/img_{run.tag}.png yet", fontsize="small")
+            ax.set_title(f"{run.label}: no images/img_{run.tag}.png yet", fontsize="small")
             continue
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"run {run.tag}: data, reconstructions, single shots, limiting chain",
-                     fontsize="small")
+        ax.set_title(f"{run.label}: data, reconstructions, single shots, limiting chain",
+                     fontsize="small", color=colour(runs, run))
     return fig
 
 
@@ -261,11 +283,11 @@ def rate(runs: list[Run]) -> Figure:
     """Training speed: iterations per second between consecutive log lines."""
     fig, (ax,) = _grid(1)
     for run in runs:
-        ax.plot(*run.rate(), label=run.tag)
+        ax.plot(*run.rate(), label=run.label, color=colour(runs, run))
     ax.set_title("iterations per second")
     ax.set_xlabel("iteration")
     ax.set_ylim(bottom=0)
-    ax.legend(title="run", fontsize="small")
+    ax.legend(title="method, tag", fontsize="small")
     return fig
 
 

@@ -1,7 +1,7 @@
-"""results/PRESET/table.md, table.json and table.png: our FIDs beside the seed's, per row.
+"""results/PRESET/table.md, table.json and table.png: our FIDs beside the authors', per row.
 
 One line per experiment x method: our random-code and limiting FIDs (mean ± sd over the seeds
-that finished), the seed's figures, the final qmi0/qmi1 (is the latent code in use at all),
+that finished), the authors' figures, the final qmi0/qmi1 (is the latent code in use at all),
 iterations, wall time per seed, device and commit.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def summarize(rows: list[Row], opts: Options) -> list[dict]:
                 "seeds_done": [r["seed"] for r in done]}
         for k in FIDS:
             line[k] = mean_sd([r[k] for r in done])
-        line["seed_figures"] = dict(zip(FIDS, group[0].seed_figures, strict=True))
+        line["authors_figures"] = dict(zip(FIDS, group[0].seed_figures, strict=True))
         for k in ("qmi0", "qmi1", "wall_seconds"):
             line[k] = mean_sd([r[k] for r in done if r[k] is not None])
         for k in ("iterations", "device", "commit"):
@@ -87,10 +87,10 @@ def markdown(preset: str, lines: list[dict], command: str) -> str:
     head = [f"# FID tables, preset `{preset}`", "",
             f"Command: `{command}`", "",
             (f"Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
-             f"The seed's figures come from {SEED_SETTINGS}; ours from the sizes below. "
+             f"The authors' figures come from {SEED_SETTINGS}; ours from the sizes below. "
              "Ours is mean ± sd over the seeds that finished; wall time is per seed "
              "(training, sample grids and both FIDs). FID: lower is better."), "",
-            ("| experiment | method | seeds | random code FID | seed's | limiting FID | seed's "
+            ("| experiment | method | seeds | random code FID | authors' | limiting FID | authors' "
              "| qmi0 | qmi1 | iterations | wall time | device | commit |"),
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     body = []
@@ -98,7 +98,7 @@ def markdown(preset: str, lines: list[dict], command: str) -> str:
         seeds = f"{len(ln['seeds_done'])}/{len(ln['seeds'])}"
         if ln["pending"]:
             seeds += f" (pending: {', '.join(ln['pending'])})"
-        sf = ln["seed_figures"]
+        sf = ln["authors_figures"]
         body.append(
             f"| {ln['experiment']} | {METHOD_NAMES[ln['method']]} | {seeds} "
             f"| {_fmt(ln['random_code_fid'])} | {sf['random_code_fid']:.4f} "
@@ -111,7 +111,7 @@ def markdown(preset: str, lines: list[dict], command: str) -> str:
     dims = sorted({r["sizes"]["fid_dims"] for ln in lines for r in ln["runs"]} - {2048})
     if dims:
         head.insert(4, f"**FIDs here use the {', '.join(map(str, dims))} features of an early "
-                       "Inception block, not the 2048 pool3 features of the seed's figures: "
+                       "Inception block, not the 2048 pool3 features of the authors' figures: "
                        "they are not comparable with them.**\n")
     sizes = sorted({json.dumps(r["sizes"]) for ln in lines for r in ln["runs"]})
     tail = ["", "Sizes: " + "; ".join(
@@ -120,16 +120,24 @@ def markdown(preset: str, lines: list[dict], command: str) -> str:
     return "\n".join(head + body + tail) + "\n"
 
 
-def figure_png(preset: str, lines: list[dict]) -> bytes:
-    """Two panels (random code, limiting): ours (points, ± sd) and the seed's per row."""
+FIGURE_DPI = 110
+
+
+def figure(preset: str, lines: list[dict]):
+    """Two panels (random code, limiting): ours (points, ± sd) and the authors' per row. FIDs
+    on other Inception features than the authors' 2048 are drawn alone, under a warning."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(9, 1.2 + 0.45 * len(lines)), layout="constrained")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+    dims = sorted({r["sizes"]["fid_dims"] for ln in lines for r in ln["runs"]} - {2048})
+    fig = Figure(figsize=(9, 1.2 + 0.45 * len(lines) + 0.3 * bool(dims)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     labels = [f"{ln['experiment']} {METHOD_NAMES[ln['method']]}" for ln in lines]
     ys = list(range(len(lines)))[::-1]
     for ax, key, title in zip(axes, FIDS, ("random code FID", "limiting FID"), strict=True):
-        ax.scatter([ln["seed_figures"][key] for ln in lines], ys, marker="D",
-                   facecolors="none", edgecolors="tab:gray", label="seed's figure", zorder=3)
+        if not dims:
+            ax.scatter([ln["authors_figures"][key] for ln in lines], ys, marker="D",
+                       facecolors="none", edgecolors="tab:gray", label="authors' figure",
+                       zorder=3)
         for y, ln in zip(ys, lines, strict=True):
             if ln[key] is not None:
                 mean, sd = ln[key]
@@ -137,13 +145,27 @@ def figure_png(preset: str, lines: list[dict]) -> bytes:
                             color="tab:blue" if ln["method"] == "sym" else "tab:orange",
                             capsize=3, zorder=4)
         ax.set_xscale("log")
+        # labels at 1, 2, 5 x 10^k only: labelled minor ticks overlap on a narrow range
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title)
         ax.grid(True, axis="x", which="both", alpha=0.3)
     axes[0].set_yticks(ys, labels)
-    axes[0].legend(loc="best", fontsize="small")
-    fig.suptitle(f"preset {preset}: ours (dots; blue symmetric, orange ELBO) vs the seed's")
+    if dims:
+        fig.suptitle(f"preset {preset}: ours (dots; blue symmetric, orange ELBO)\nFIDs on "
+                     f"{', '.join(map(str, dims))} features of an early Inception block compare "
+                     "with nothing (the authors' use 2048; not shown)", color="tab:red",
+                     fontsize="medium")
+    else:
+        axes[0].legend(loc="best", fontsize="small")
+        fig.suptitle(f"preset {preset}: ours (dots; blue symmetric, orange ELBO) vs the authors'")
+    return fig
+
+
+def figure_png(preset: str, lines: list[dict]) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    figure(preset, lines).savefig(buf, format="png", dpi=FIGURE_DPI)
     return buf.getvalue()
 
 
@@ -154,7 +176,7 @@ def write_table(out: Path, preset: str, rows: list[Row], opts: Options,
     out.mkdir(parents=True, exist_ok=True)
     files = {"table.md": markdown(preset, lines, command).encode(),
              "table.json": (json.dumps({"preset": preset, "command": command,
-                                        "seed_settings": SEED_SETTINGS, "rows": lines},
+                                        "authors_settings": SEED_SETTINGS, "rows": lines},
                                        indent=1) + "\n").encode(),
              "table.png": figure_png(preset, lines)}
     for name, data in files.items():

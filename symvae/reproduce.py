@@ -1,6 +1,6 @@
-"""Reproduce the seed's FID tables in one command: experiments x methods x seeds.
+"""Reproduce the authors' FID tables in one command: experiments x methods x seeds.
 
-    python -m symvae.reproduce --preset readme                 # the seed's tables, rows in turn
+    python -m symvae.reproduce --preset readme                 # the authors' tables, rows in turn
     python -m symvae.reproduce --preset quick --dry-run        # what it would run, and how long
     python -m symvae.reproduce --preset paper --executor slurm --partition gpu --timeout_min 720
 
@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from symvae.cli import fail
+from symvae.cli import fail, new_parser
 from symvae.data import REPO_ROOT
 from symvae.experiment import EXPERIMENTS
 from symvae.grid import (
@@ -49,6 +49,10 @@ from symvae.stages import (
 )
 
 EXECUTORS = ("local", "submitit-local", "slurm")
+DEFAULT_PRESET = "readme"
+# Without --preset, a run its own estimate puts beyond this many hours on the device at hand
+# (the default preset on a CPU: weeks) is refused until a preset is named or --yes is given.
+ASK_HOURS = 4
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -57,12 +61,16 @@ class Stopped(Exception):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = new_parser(
         prog="python -m symvae.reproduce",
-        description="Run the seed's FID table rows (train, sample grids, both FIDs) and write "
+        description="Run the authors' FID table rows (train, sample grids, both FIDs) and write "
                     "results/PRESET/table.{md,json,png}. Run again to finish what is missing.")
-    p.add_argument("--preset", choices=list(PRESETS), default="readme",
-                   help="; ".join(f"{n}: {pr.about}" for n, pr in PRESETS.items()))
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help=f"default {DEFAULT_PRESET}, unless its estimated time here exceeds "
+                        f"{ASK_HOURS} h (then name one, or pass --yes). "
+                        + "; ".join(f"{n}: {pr.about}" for n, pr in PRESETS.items()))
+    p.add_argument("--yes", action="store_true",
+                   help=f"run the default preset ({DEFAULT_PRESET}) however long it takes here")
     p.add_argument("--experiments", nargs="+", choices=[*EXPERIMENTS, "all"], default=None,
                    help="default: the preset's (all three, or mnist-ladder for quick and gpu)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -110,7 +118,7 @@ def check_args(args: argparse.Namespace) -> dict:
                 fail(f"--stepsize {v}: must be a positive learning rate below 1 (e.g. 1e-4)")
         elif k == "fid_dims" and v not in FID_DIMS:
             fail(f"--fid_dims {v}: must be one of {', '.join(map(str, FID_DIMS))} "
-                 "(pytorch-fid's feature blocks; the seed's FIDs use 2048)")
+                 "(pytorch-fid's feature blocks; the authors' FIDs use 2048)")
         elif v < (2 if k == "n" else 1):
             fail(f"--{k} {v}: must be at least {2 if k == 'n' else 1}")
     if any(s < 0 for s in args.seeds):
@@ -128,6 +136,49 @@ def check_args(args: argparse.Namespace) -> dict:
 
 def _unique(values: list) -> list:
     return list(dict.fromkeys(values))
+
+
+def on_gpu(args: argparse.Namespace) -> bool:
+    """Whether the rows will run on a GPU: the estimate's rates."""
+    if args.executor == "slurm" or args.device.startswith("cuda"):
+        return True
+    import torch
+    return args.device == "auto" and torch.cuda.is_available()
+
+
+def pending_seconds(rows: list[Row], opts: Options, gpu: bool, parallel: bool) -> float:
+    """The estimated time of the stages not yet done: their sum, or the longest row's if the
+    rows run side by side (one SLURM job each)."""
+    estimate = estimate_seconds(rows, gpu)
+    per_row = []
+    for row in rows:
+        try:
+            done = read_state(row_folder(opts, row), row)["stages"]
+        except RowStateError:
+            done = {}
+        per_row.append(sum(estimate[row.name][s] for s in stages_to_run(done, row, opts)))
+    return max(per_row, default=0.0) if parallel else sum(per_row)
+
+
+def check_default_preset(args: argparse.Namespace, opts: Options, make_rows) -> None:
+    """No --preset and no --yes: refuse a default run estimated beyond ASK_HOURS here, naming
+    the presets that fit. `make_rows(preset)` gives a preset's rows for the flags given."""
+    gpu, parallel = on_gpu(args), args.executor == "slurm"
+
+    def seconds(name: str) -> float:
+        return pending_seconds(make_rows(name), replace(opts, out=opts.out.parent / name), gpu,
+                               parallel)
+    total = seconds(DEFAULT_PRESET)
+    if total <= ASK_HOURS * 3600:
+        return
+    fit = [f"{name} ~{duration(t)}" for name in PRESETS
+           if name != DEFAULT_PRESET and (t := seconds(name)) <= ASK_HOURS * 3600]
+    where = "by the assumed GPU rates" if gpu else "on this CPU"
+    fits = (f"within {ASK_HOURS} h here: {', '.join(fit)}" if fit else
+            f"none fits in {ASK_HOURS} h here; --dry-run shows each preset's estimate")
+    fail(f"no --preset given: the default, {DEFAULT_PRESET} (the authors' settings), is "
+         f"estimated at {duration(total)} {where}; name one with --preset ({fits}), or pass "
+         f"--yes to run {DEFAULT_PRESET} anyway")
 
 
 def dry_run(rows: list[Row], opts: Options, gpu: bool) -> None:
@@ -241,19 +292,23 @@ def main(argv: list[str] | None = None) -> int:
     overrides = check_args(args)
     experiments = None if not args.experiments else \
         tuple(EXPERIMENTS) if "all" in args.experiments else tuple(_unique(args.experiments))
-    rows = build_rows(args.preset, experiments, tuple(_unique(args.methods)),
-                      tuple(_unique(args.seeds)), overrides)
+    asked = args.preset is not None
+    args.preset = args.preset or DEFAULT_PRESET
+
+    def make_rows(preset: str) -> list[Row]:
+        return build_rows(preset, experiments, tuple(_unique(args.methods)),
+                          tuple(_unique(args.seeds)), overrides)
+    rows = make_rows(args.preset)
     # absolute: each stage runs inside its row's folder
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
     opts = Options(out=Path(args.out).resolve() / args.preset, data_root=data_root,
                    device=args.device, progress=not args.no_progress)
+    if not (asked or args.yes or args.dry_run or args.table_only):
+        check_default_preset(args, opts, make_rows)
     preset = PRESETS[args.preset]
     print(f"preset {preset.name}: {preset.about}; {len(rows)} rows")
     if args.dry_run:
-        import torch
-        gpu = args.executor == "slurm" or args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
-        dry_run(rows, opts, gpu)
+        dry_run(rows, opts, on_gpu(args))
         return 0
     command = "python -m symvae.reproduce " + shlex.join(sys.argv[1:] if argv is None else argv)
     began = time.time()

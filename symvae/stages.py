@@ -29,7 +29,7 @@ from symvae.data import REPO_ROOT
 from symvae.grid import Row
 
 STAGES = ("train", "generate", "fid")
-POOL3 = 2048  # the seed's FID features
+POOL3 = 2048  # the authors' FID features
 STATE_FILE = "row.json"
 MI_NAMES = ("qmi0", "qmi1")  # does the encoder use z0, z1 at all (ladder experiments)
 
@@ -78,6 +78,8 @@ def stage_argv(row: Row, stage: str, opts: Options) -> list[str]:
     else:
         argv += ["--n", str(s.n), "--chain_steps", str(s.chain_steps), "--bs", str(s.fid_bs),
                  "--feature_bs", str(s.feature_bs)]
+        if s.fid_dims != POOL3:
+            argv += ["--dims", str(s.fid_dims)]
     if stage != "generate" and opts.data_root:
         argv += ["--data_root", str(opts.data_root)]
     return argv
@@ -86,7 +88,12 @@ def stage_argv(row: Row, stage: str, opts: Options) -> list[str]:
 def stage_key(row: Row, stage: str, opts: Options) -> list[str]:
     """What a stage's result depends on: its flags, and for FID the Inception features."""
     argv = stage_argv(row, stage, opts)
-    return [*argv, "--fid_dims", str(row.sizes.fid_dims)] if stage == "fid" else argv
+    if stage != "fid":
+        return argv
+    if "--dims" in argv:  # keyed as before the flag existed, so finished rows stay finished
+        at = argv.index("--dims")
+        argv = argv[:at] + argv[at + 2:]
+    return [*argv, "--fid_dims", str(row.sizes.fid_dims)]
 
 
 def command_line(row: Row, stage: str, opts: Options) -> str:
@@ -95,7 +102,7 @@ def command_line(row: Row, stage: str, opts: Options) -> str:
                "fid": "python -m symvae.fid"}[stage]
     line = f"{program} {' '.join(stage_argv(row, stage, opts))}"
     if stage == "fid" and row.sizes.fid_dims != POOL3:
-        line += f"  # on the {row.sizes.fid_dims} features of an early Inception block"
+        line += "  # an early Inception block's features: the FIDs compare with nothing"
     return line
 
 
@@ -222,49 +229,12 @@ def run_generate(row: Row, folder: Path, argv: list[str], opts: Options) -> dict
     return {"grids": [f"images/generated_{k}_{row.tag}.png" for k in ("sh", "sta")]}
 
 
-def block_features(dims: int, device_flag: str):
-    """pytorch-fid's Inception up to the block of `dims` features (its --dims), average-pooled
-    as pytorch-fid does: images [B,3,H,W] in [0,1] -> features [B, dims]."""
-    import torch
-    from pytorch_fid.inception import InceptionV3
-
-    from symvae.cli import pick_device
-    device = pick_device(device_flag)
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]]).to(device).eval()
-
-    def features(x):
-        return torch.nn.functional.adaptive_avg_pool2d(net(x)[0], 1).flatten(1)
-    return features
-
-
-def stats_data_root(opts: Options, dims: int) -> Path:
-    """A data root for FID on `dims` features: links to the real one's data sets, so that the
-    data statistics symvae.fid caches under ROOT/fid_stats never mix with the 2048-feature ones."""
-    from symvae.data import default_data_root
-    real = Path(opts.data_root) if opts.data_root else default_data_root()
-    root = Path(opts.out) / f"data-fid{dims}"
-    root.mkdir(parents=True, exist_ok=True)
-    for sub in ("MNIST", "FashionMNIST"):
-        if (real / sub).is_dir() and not (root / sub).is_symlink():
-            try:
-                (root / sub).symlink_to((real / sub).resolve())
-            except FileExistsError:  # made by a row running beside this one
-                pass
-    return root
-
-
 def run_fid(row: Row, folder: Path, argv: list[str], opts: Options) -> dict:
     from symvae.fid import main as fid_main
-    features = None  # symvae.fid's own 2048-feature network
-    if row.sizes.fid_dims != POOL3:
-        features = block_features(row.sizes.fid_dims, opts.device)
-        if "--data_root" in argv:
-            argv = argv[:argv.index("--data_root")]  # the flag and its value come last
-        argv = [*argv, "--data_root", str(stats_data_root(opts, row.sizes.fid_dims))]
     if not opts.progress:
         argv = [*argv, "--no_progress"]
     with inside(folder):
-        call(row, "fid", lambda: fid_main(argv, features=features))
+        call(row, "fid", lambda: fid_main(argv))
     records = json.loads((folder / "fid_results.json").read_text())
     last = [r for r in records if r.get("tag") == row.tag][-1]
     return {k: last[k] for k in ("random_code_fid", "limiting_fid", "n", "chain_steps")}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from symvae.cli import fail, pick_device
+from symvae.cli import fail, new_parser, pick_device
 from symvae.exact import FIGURES, evaluate
 from symvae.learning import LEARNERS
 from symvae.model import HVAE
@@ -137,7 +137,7 @@ def toy_data(args: argparse.Namespace) -> ToyData:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Symmetric learning vs ELBO on an enumerable model.")
+    p = new_parser(description="Symmetric learning vs ELBO on an enumerable model.")
     p.add_argument("--encoder", nargs="+", choices=sorted(ENCODERS), default=["ladder", "reverse"],
                    help="encoder orders to train (default both)")
     p.add_argument("--prototypes", nargs="+", default=list(PROTOTYPES),

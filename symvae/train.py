@@ -1,8 +1,8 @@
 """The training loop behind main_sym.py and main_elbo.py (SPEC §4–§5).
 
 Per run tag TAG, in the experiment folder:
-  logs/log-TAG.txt      '#' milestone lines, and every --log_period iterations
-                        `time: T count: C len: L name: value ...` (running averages)
+  logs/log-TAG.txt      '#' milestone lines, and every --log_period iterations and at the
+                        end `time: T count: C len: L name: value ...` (running averages)
   logs/stat*-TAG.txt    sorted per-bit mutual information (ladder models)
   models/m_TAG.pt       full checkpoint at iteration 0, every --save_period, and at the end
   images/img_TAG.png    data, reconstructions, single shots and a running limiting chain
@@ -254,7 +254,7 @@ class Trainer:
         args = self.args
         bar = tqdm(total=args.niterations, initial=self.count, disable=args.no_progress,
                    unit="it", dynamic_ncols=True, file=sys.stderr)
-        skips, start = 0, time.time() - self.elapsed
+        skips, start, first = 0, time.time() - self.elapsed, self.count
         try:
             if not resumed:
                 self.save()
@@ -287,6 +287,8 @@ class Trainer:
                                      if n in values}, refresh=False)
                 if self.count % args.save_period == 0:
                     self.save()
+            if self.count % args.log_period and self.count > first:
+                self.log_values()  # the last iteration, so that a short run logs its figures too
             if self.count % args.save_period:
                 self.save()
         except NonFinite as err:

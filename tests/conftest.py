@@ -72,14 +72,73 @@ def run_script(folder: Path, script: str, *args: str, check: bool = True,
     return proc
 
 
+def source_files(folder: Path) -> list[str]:
+    """The files of `folder` that git does not ignore, relative to it: its sources, tracked or
+    new, and none of the outputs a run writes there (every one of them is in .gitignore, which
+    tests/test_outputs.py checks). Outside a git checkout, .gitignore's names are left out."""
+    try:
+        proc = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--cached", "--others",
+                               "--exclude-standard", "--", "."], check=True,
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(str(p.relative_to(folder)) for p in walk_unignored(folder))
+    # --cached lists a tracked file deleted from the work tree too; -z keeps odd names whole
+    return sorted({name for name in proc.stdout.split("\0") if (folder / name).is_file()})
+
+
+def gitignore_names(root: Path = REPO) -> list[str]:
+    """.gitignore's patterns as plain names (`/data/` -> `data`), for shutil-style matching."""
+    lines = (root / ".gitignore").read_text().splitlines()
+    return [line.strip().strip("/") for line in lines if line.strip() and line[0] != "#"]
+
+
+def walk_unignored(folder: Path):
+    """Every file under `folder` none of whose path parts matches a .gitignore name."""
+    import fnmatch
+    names = gitignore_names()
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if path.is_file() and not any(fnmatch.fnmatch(p, n) for p in parts for n in names):
+            yield path
+
+
+def copy_sources(source: Path, dest: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Copy `source`'s files that git does not ignore to `dest` (none of a user's outputs),
+    leaving out names matching a pattern of `skip`."""
+    import fnmatch
+    import shutil
+    for name in source_files(source):
+        if any(fnmatch.fnmatch(Path(name).name, pattern) for pattern in skip):
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, dest / name)
+    return dest
+
+
+def unignored_outputs(copy: Path, name: str) -> list[str]:
+    """Files that runs wrote into `copy` (a copy_sources of experiment `name`) which the
+    repository's .gitignore does not ignore there: each would show in a user's `git status`
+    and, worse, be copied into the tests' experiment folders."""
+    sources = set(source_files(REPO / name))
+    written = sorted(str(p.relative_to(copy)) for p in copy.rglob("*")
+                     if p.is_file() and str(p.relative_to(copy)) not in sources)
+    try:
+        proc = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", "--stdin",
+                               "-z"], check=False, input="\0".join(f"{name}/{w}" for w in written),
+                              capture_output=True, text=True, timeout=60)
+    except OSError:  # no git: .gitignore's names, as source_files does then
+        kept = {str(p.relative_to(copy)) for p in walk_unignored(copy)}
+        return [w for w in written if w in kept]
+    if proc.returncode not in (0, 1):  # 1: none ignored
+        raise AssertionError(f"git check-ignore failed: {proc.stderr}")
+    ignored = set(proc.stdout.split("\0"))
+    return [w for w in written if f"{name}/{w}" not in ignored]
+
+
 @pytest.fixture
 def experiment_copy(tmp_path: Path):
-    """Copy an experiment folder's sources into tmp, so runs leave the repository clean."""
-    import shutil
-
-    def make(name: str) -> Path:
-        dest = tmp_path / name
-        shutil.copytree(REPO / name, dest, ignore=shutil.ignore_patterns(
-            "images", "logs", "models", "generated_data", "__pycache__"))
-        return dest
+    """Copy an experiment folder's sources into tmp, so runs leave the repository clean and
+    tests never read what a user's runs wrote there (fid_results.*, models/, logs/, ...)."""
+    def make(name: str, source: Path = REPO) -> Path:
+        return copy_sources(source / name, tmp_path / name)
     return make

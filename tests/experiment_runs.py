@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import run_script
+from conftest import run_script, unignored_outputs
 from PIL import Image
 
 from symvae import checkpoint as ckpt_io
@@ -121,6 +121,7 @@ def end_to_end(folder: Path, method: str, data_root: Path, names: tuple[str, ...
     check_training(folder, method, data_root, names, mi_bits, grid_rows)
     check_generate(folder, method)
     check_generate_data(folder, method, data_root, binary)
+    assert unignored_outputs(folder, folder.name) == []  # each output is in .gitignore
 
 
 def real_data_root() -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as TF
-from conftest import REPO, run_script, write_dataset
+from conftest import REPO, run_script, unignored_outputs, write_dataset
 
 from symvae import checkpoint as ckpt_io
 from symvae import fid
@@ -202,6 +202,8 @@ def test_score_command_scores_the_images_generate_data_writes(experiment_copy, d
     table = (folder / "fid_results.md").read_text().splitlines()
     assert table[0].startswith("| method/tag |") and len(table) == 4
     assert len(json.loads((folder / "fid_results.json").read_text())) == 2
+    # every file these commands wrote is one .gitignore keeps out of git and the tests' copies
+    assert unignored_outputs(folder, "mnist-ladder") == []
 
 
 def test_score_command_refuses_bad_input_with_one_line(experiment_copy, data_root, tmp_path,

@@ -1,6 +1,6 @@
 """Training itself against the authors' code (symvae.lockstep, tests/golden/lockstep.json).
 
-From the golden seed's weights, our learners run the iterations the authors' code ran (its
+From the weights the golden files' random seed gives, our learners run the iterations the authors' code ran (its
 figures made by scripts/make_golden.py) on the same batches and shared draws: every logged
 figure of every iteration and every weight at the end must agree. A learning rule, optimiser
 or step order that differs shows here although each single step's quantities agree.

@@ -1,4 +1,4 @@
-"""mnist-ladder end to end: the seed's command lines on small synthetic data, and real learning."""
+"""mnist-ladder end to end: the paper's command lines on small synthetic data, and real learning."""
 from __future__ import annotations
 
 import pytest

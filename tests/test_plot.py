@@ -21,9 +21,10 @@ TINY_RUN = ("--nz0", "4", "--nz1", "8", "--bs", "8", "--niterations", "12", "--l
             "--save_period", "6", "--device", "cpu", "--seed", "0", "--no_progress")
 
 
-def write_log(folder: Path, tag: str, names: tuple[str, ...], n: int = 5) -> None:
+def write_log(folder: Path, tag: str, names: tuple[str, ...], n: int = 5,
+              method: str = "sym") -> None:
     """A log with milestone lines and n value lines logging `names`."""
-    lines = [f"# sym synthetic --call_prefix {tag}"]
+    lines = [f"# {method} synthetic --call_prefix {tag}"]
     for i in range(1, n + 1):
         lines.append(" ".join([f"time: {2.0 * i}", f"count: {10 * i}", "len: 0.01"]
                               + [f"{name}: {1.0 / (i + k)}" for k, name in enumerate(names)]))
@@ -44,13 +45,12 @@ def trained(tmp_path_factory) -> Path:
     Trained once for the module (hence conftest's helpers rather than its
     per-test fixtures): the PNG and notebook tests only read it.
     """
-    from conftest import run_script, write_dataset
+    from conftest import copy_sources, run_script, write_dataset
     tmp = tmp_path_factory.mktemp("trained")
     data = tmp / "data"
     write_dataset(data, "mnist")
     folder = tmp / "mnist-ladder"
-    shutil.copytree(REPO / "mnist-ladder", folder, ignore=shutil.ignore_patterns(
-        "images", "logs", "models", "generated_data", "__pycache__", "*.ipynb"))
+    copy_sources(REPO / "mnist-ladder", folder, skip=("*.ipynb",))
     for script, tag in (("main_sym.py", "0"), ("main_elbo.py", "1")):
         run_script(folder, script, "--call_prefix", tag, "--data_root", str(data), *TINY_RUN)
     return folder
@@ -137,7 +137,7 @@ def test_load_runs_reads_stats_and_names_a_missing_log(tmp_path):
 
 def test_figures_split_losses_from_mi(tmp_path):
     write_log(tmp_path, "0", ("ploss", "qloss"))
-    write_log(tmp_path, "1", ("dloss", "kl0loss", "pmi1", "qmi0"))
+    write_log(tmp_path, "1", ("dloss", "kl0loss", "pmi1", "qmi0"), method="elbo")
     runs = plot.load_runs(["0", "1"], tmp_path)
     titles = [ax.get_title() for ax in plot.losses(runs).axes if ax.get_title()]
     assert titles == ["len: mean squared parameter", "ploss", "qloss", "dloss", "kl0loss"]
@@ -146,7 +146,23 @@ def test_figures_split_losses_from_mi(tmp_path):
     assert plot.mi_profiles(runs) is None
     assert plot.mi_curves(runs[:1]) is None
     legend = [t.get_text() for t in plot.losses(runs).axes[0].get_legend().get_texts()]
-    assert legend == ["0", "1"]
+    assert legend == ["symmetric 0", "ELBO 1"]
+
+
+def test_a_run_keeps_its_colour_in_every_panel(tmp_path):
+    # run 0 is missing from the panels of run 1's names: the colour cycle must not shift
+    write_log(tmp_path, "0", ("ploss", "qloss"))
+    write_log(tmp_path, "1", ("dloss", "kl0loss"), method="elbo")
+    write_log(tmp_path, "2", ("ploss",))
+    runs = plot.load_runs(["0", "1", "2"], tmp_path)
+    colours: dict[str, set] = {}
+    for fig in (plot.losses(runs), plot.rate(runs)):
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert sorted(colours) == ["ELBO 1", "symmetric 0", "symmetric 2"]
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len(set.union(*colours.values())) == 3
 
 
 # --- the PNG command ----------------------------------------------------------

@@ -1,9 +1,11 @@
 """python -m symvae.reproduce: presets, the dry run, the table, the executors, resuming."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -103,6 +105,40 @@ def test_quick_dry_run_prints_the_commands_and_about_an_hour(tmp_path: Path, cap
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+def test_smoke_dry_run_prints_fid_commands_that_run_as_printed(tmp_path: Path, capsys):
+    from symvae import fid
+    assert run_main("--preset", "smoke", "--dry-run", "--device", "cpu",
+                    "--out", str(tmp_path)) == 0
+    lines = [ln.split("#")[0].split("python -m symvae.fid ")[1]
+             for ln in capsys.readouterr().out.splitlines() if "python -m symvae.fid" in ln]
+    assert len(lines) == 6
+    for line in lines:
+        args = fid.parser().parse_args(shlex.split(line))
+        assert (args.dims, args.n, args.chain_steps) == (64, 10, 2)
+
+
+def test_no_preset_on_a_cpu_asks_for_one_and_names_those_that_fit(tmp_path: Path, capsys):
+    line = error_line(capsys, "--device", "cpu", "--out", str(tmp_path))
+    assert "no --preset given" in line and "readme" in line and "--yes" in line
+    hours = float(re.search(r"estimated at ([\d.]+) h on this CPU", line).group(1))
+    assert hours > 1000  # the readme preset's six rows at the CPU rates
+    fit = re.search(r"within 4 h here: ([^)]*)\)", line).group(1)
+    assert [part.split(" ~")[0] for part in fit.split(", ")] == ["quick", "smoke"]
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_no_preset_runs_the_default_where_its_estimate_is_short(tmp_path: Path):
+    def check(*argv: str) -> None:
+        args = reproduce.parser().parse_args([*argv, "--out", str(tmp_path)])
+        opts = Options(out=tmp_path / reproduce.DEFAULT_PRESET)
+        reproduce.check_default_preset(args, opts, lambda name: build_rows(
+            name, None, grid.METHODS, (0,), reproduce.check_args(args)))
+    check("--executor", "slurm")  # one GPU job per row: the longest row, well under 4 h
+    check("--device", "cpu", "--niterations", "100", "--n", "100", "--chain_steps", "10")
+    with pytest.raises(SystemExit):
+        check("--device", "cpu", "--niterations", "20000")
+
+
 @pytest.mark.parametrize("argv, words", [
     (("--niterations", "0"), "--niterations 0"),
     (("--stepsize", "2"), "--stepsize 2"),
@@ -140,7 +176,46 @@ def test_table_gives_mean_and_sd_over_finished_seeds(tmp_path: Path):
     assert line["random_code_fid"] == pytest.approx((3.0, 2 ** 0.5))
     assert line["limiting_fid"] == pytest.approx((6.0, 8 ** 0.5))
     assert line["wall_seconds"] == pytest.approx((12.0, 0.0))
-    assert line["seed_figures"] == {"random_code_fid": 1.6543, "limiting_fid": 4.1015}
+    assert line["authors_figures"] == {"random_code_fid": 1.6543, "limiting_fid": 4.1015}
+
+
+def table_lines(tmp_path: Path, preset: str, fids: list[float]) -> list[dict]:
+    """summarize() over one finished seed per row of `preset`, with the given FIDs in turn."""
+    opts = Options(out=tmp_path / preset)
+    rows = build_rows(preset)
+    for row, fid_value in zip(rows, fids):
+        stages = {s: {"key": stage_key(row, s, opts), "seconds": 1.0} for s in STAGES}
+        stages["train"].update(iterations=8, train_seconds=1.0, qmi0=0.1, qmi1=0.3,
+                               device="cpu", commit="abc")
+        stages["fid"].update(random_code_fid=fid_value, limiting_fid=2 * fid_value)
+        (opts.out / row.name).mkdir(parents=True)
+        write_state(opts.out / row.name, {"row": row.as_dict(), "stages": stages})
+    return summarize(rows, opts)
+
+
+def tick_labels_overlap(fig) -> bool:
+    """Whether any two visible x tick labels of an axis overlap, once drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels(which="both")
+                 if t.get_visible() and t.get_text()]
+        boxes.sort(key=lambda b: b.x0)
+        if any(a.x1 > b.x0 for a, b in itertools.pairwise(boxes)):
+            return True
+    return False
+
+
+def test_smoke_figure_warns_and_shows_no_authors_figures(tmp_path: Path):
+    from symvae.report import figure
+    fig = figure("smoke", table_lines(tmp_path, "smoke", [5.0, 6.0, 7.0, 8.0, 9.0, 11.0]))
+    assert "compare with nothing" in fig.get_suptitle()
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no "authors' figure" markers
+    assert not tick_labels_overlap(fig)
+    fig = figure("quick", table_lines(tmp_path, "quick", [200.0, 33.0]))
+    assert "vs the authors'" in fig.get_suptitle() and fig.axes[0].get_legend() is not None
+    assert not tick_labels_overlap(fig)
 
 
 # --- SLURM without a cluster: the script submitit writes, and no double submission -------------
