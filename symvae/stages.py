@@ -199,6 +199,8 @@ def run_train(row: Row, folder: Path, argv: list[str], opts: Options) -> dict:
         except ckpt_io.CheckpointError:  # training itself names the file and the fix
             start = None
         argv = [*argv, "--load_prefix", row.tag]
+    else:  # the row's folder is the grid's own: a row without a checkpoint starts again
+        argv = [*argv, "--overwrite"]
     if not opts.progress:
         argv = [*argv, "--no_progress"]
     with inside(folder):

@@ -409,12 +409,35 @@ def check_chain(chain: object, shape: tuple[int, ...]) -> None:
                          f"expected {shape}")
 
 
+def run_outputs(files: RunFiles, model: HVAE) -> tuple[Path, ...]:
+    """Every file a run of the tag writes: all of them belong to the tag's history."""
+    return (files.model, files.log, files.image, *map(files.stat, model.mi_names))
+
+
 def check_outputs(files: RunFiles, model: HVAE) -> None:
     """Refuse a folder standing where the run writes one of its files."""
-    for path in (files.model, files.log, files.image, *map(files.stat, model.mi_names)):
+    for path in run_outputs(files, model):
         if path.is_dir():
             fail(f"{path} is a folder, but the run writes a file there; move it away or pick "
                  "another --call_prefix")
+
+
+def check_fresh(args, files: RunFiles, model: HVAE) -> None:
+    """A run that does not continue its own tag replaces the tag's files (the log is started
+    anew): refuse when any of them exists, unless --overwrite says to, so that an earlier run's
+    history is never lost because only its checkpoint is gone."""
+    if args.load_prefix == args.call_prefix or args.overwrite:
+        return
+    earlier = [p for p in run_outputs(files, model) if p.exists() or p.is_symlink()]
+    if not earlier:
+        return
+    tag = args.call_prefix
+    if files.model in earlier:
+        fail(f"{files.model} already exists: continue it with --load_prefix {tag}, pick "
+             "another --call_prefix, or pass --overwrite")
+    names = ", ".join(str(p.relative_to(files.folder)) for p in earlier)
+    fail(f"tag {tag} has files of an earlier run ({names}) that a fresh run would replace; "
+         "pick another --call_prefix, or pass --overwrite to replace them")
 
 
 def checked_start(args, folder: Path, files: RunFiles, model: HVAE,
@@ -433,9 +456,7 @@ def checked_start(args, folder: Path, files: RunFiles, model: HVAE,
             fail(f"{source} holds a run of main_{other}.py; continue it with main_{other}.py, "
                  f"or start {method} learning from it under a new tag (--call_prefix NEW "
                  f"--load_prefix {args.load_prefix})")
-    if args.load_prefix != args.call_prefix and files.model.exists() and not args.overwrite:
-        fail(f"{files.model} already exists: continue it with --load_prefix "
-             f"{args.call_prefix}, pick another --call_prefix, or pass --overwrite")
+    check_fresh(args, files, model)
     return ckpt, source
 
 

@@ -185,6 +185,16 @@ def interrupt_on_load(folder: Path, data: Path, mp) -> None:
     mp.setattr(ckpt_io, "load", load)
 
 
+def checkpoint_gone(*keep: str) -> Setup:
+    """Run 0's checkpoint deleted; of its other files only those named in `keep` are left."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        (folder / "models" / "m_0.pt").unlink()
+        for path in [*(folder / "logs").glob("*-0.txt"), folder / "images" / "img_0.png"]:
+            if str(path.relative_to(folder)) not in keep:
+                path.unlink()
+    return setup
+
+
 def no_images_folder(folder: Path, data: Path, mp) -> None:
     shutil.rmtree(folder / "images")
     (folder / "images").write_text("")
@@ -202,6 +212,28 @@ CASES = [
          2, "train-images-idx3-ubyte is damaged (md5 ", flipped_pixel),
     Case("unreadable data folder", ("main_sym.py", "--call_prefix", "n", "--niterations", "3"),
          2, "permission denied", unreadable_data, not_in_line=("not found",)),
+    # a fresh run over files of an earlier run of the tag
+    Case("fresh run over log, stats and grid", ("main_sym.py", "--call_prefix", "0",
+                                                 "--niterations", "2"),
+         2, "tag 0 has files of an earlier run (logs/log-0.txt, images/img_0.png, "
+            "logs/statp1-0.txt, logs/statq0-0.txt", checkpoint_gone("logs/log-0.txt", "logs/statq0-0.txt",
+                                                 "logs/statq1-0.txt", "logs/statp1-0.txt",
+                                                 "images/img_0.png")),
+    Case("fresh run over the log alone", ("main_elbo.py", "--call_prefix", "0", "--niterations",
+                                          "2"),
+         2, "tag 0 has files of an earlier run (logs/log-0.txt)",
+         checkpoint_gone("logs/log-0.txt"), not_in_line=("--load_prefix",)),
+    Case("fresh run over a stat file alone", ("main_sym.py", "--call_prefix", "0"),
+         2, "(logs/statp1-0.txt) that a fresh run would replace; pick another --call_prefix, "
+            "or pass --overwrite", checkpoint_gone("logs/statp1-0.txt")),
+    Case("fresh run over the image grid alone", ("main_sym.py", "--call_prefix", "0"),
+         2, "(images/img_0.png)", checkpoint_gone("images/img_0.png")),
+    Case("started from another tag over a log", ("main_sym.py", "--call_prefix", "0",
+                                                  "--load_prefix", "e"),
+         2, "tag 0 has files of an earlier run (logs/log-0.txt)",
+         checkpoint_gone("logs/log-0.txt")),
+    Case("fresh run over the checkpoint", ("main_elbo.py", "--call_prefix", "0"),
+         2, "m_0.pt already exists: continue it with --load_prefix 0"),
     # faults that printed a traceback
     Case("full disk under models/", ("main_sym.py", "--call_prefix", "n", "--niterations", "4",
                                      "--save_period", "2"),
@@ -380,6 +412,19 @@ def test_full_disk_keeps_the_checkpoint_and_logs_the_stop(template, tmp_path, mo
     last = (folder / "logs" / "log-n.txt").read_text().splitlines()[-1]
     assert last.startswith("# stopped: cannot write") and "No space left on device" in last
     assert not list((folder / "models").glob(".m_n.pt.tmp*"))
+
+
+def test_overwrite_starts_the_tag_afresh(template, tmp_path, monkeypatch):
+    """The refused fresh run goes ahead with --overwrite: the earlier log is replaced whole."""
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    checkpoint_gone("logs/log-0.txt")(folder, data, monkeypatch)
+    (folder / "logs" / "log-0.txt").write_text("count: 999 earlier history\n")
+    case = Case("", ("main_sym.py", "--call_prefix", "0", "--niterations", "1", "--overwrite"),
+                0, "")
+    assert run_case(case, folder, data, monkeypatch) == 0
+    assert "earlier history" not in (folder / "logs" / "log-0.txt").read_text()
+    assert ckpt_io.load(folder / "models" / "m_0.pt")["count"] == 1
 
 
 # --- real processes --------------------------------------------------------------------------
