@@ -356,4 +356,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from symvae.entry import guarded
+    raise SystemExit(guarded(main, "bench"))

@@ -15,6 +15,8 @@ from typing import NoReturn
 
 import torch
 
+from symvae.entry import guarded
+
 MAX_BITS = 4096  # far beyond the paper's 50/200; guards against typos like 30000
 MAX_BATCH = 1 << 16
 MAX_STEPSIZE = 0.01  # 100x the paper's 1e-4; Adam at such rates only diverges
@@ -51,9 +53,14 @@ def stop_on_signals() -> dict:
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def interruptible(command: Callable[[], int]) -> int:
+def interruptible(command: Callable[[], int], tool: str = "symvae") -> int:
     """Run a command with Ctrl-C and SIGTERM ending it by one line and 128 + the signal's
-    number (130, 143) instead of a traceback; the caller's handlers are put back after."""
+    number (130, 143) instead of a traceback, and an unforeseen exception by one line and
+    symvae.entry.UNEXPECTED; the caller's handlers are put back after."""
+    return guarded(lambda: _until_signal(command), tool)
+
+
+def _until_signal(command: Callable[[], int]) -> int:
     previous = stop_on_signals()
     try:
         return command()

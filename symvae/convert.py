@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from symvae import checkpoint as ckpt_io
+from symvae.entry import entry_point
 from symvae.experiment import EXPERIMENTS, load_model_class
 
 _CONV_1_7 = tuple(f"conv{i}" for i in range(1, 8))
@@ -187,6 +188,7 @@ def convert_file(to: str, src: Path, dst: Path, experiment: str | None) -> str:
     return f"wrote {dst}: {what}"
 
 
+@entry_point("convert")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Convert checkpoints between the authors' scripts "
                                 "and symvae.")

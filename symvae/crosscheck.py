@@ -35,6 +35,7 @@ from symvae.authors import (
     seeded_authors_model,
 )
 from symvae.convert import from_authors
+from symvae.entry import entry_point
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.model import HVAE
 from symvae.nets import IMAGE_SHAPE
@@ -201,6 +202,7 @@ def crosscheck(ref: Path, experiment: str, nz0: int, nz1: int, bs: int, seed: in
     return diffs
 
 
+@entry_point("crosscheck")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Compare our models with the authors' code on "
                                 "the same weights and inputs.")

@@ -55,6 +55,7 @@ from symvae.cli import (
     seed_everything,
 )
 from symvae.data import DeviceData
+from symvae.entry import details_beside
 from symvae.generate import load_trained
 from symvae.lock import Busy, RunLock
 from symvae.model import HVAE, Latents
@@ -163,7 +164,7 @@ def image_chunks(model: HVAE, data: DeviceData, n: int, bs: int, chain_steps: in
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     """Entry point of generate_data.py; Ctrl-C or SIGTERM stop it with 130 or 143."""
-    return interruptible(lambda: _main(model_cls, argv))
+    return interruptible(lambda: _main(model_cls, argv), "generate_data")
 
 
 def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
@@ -180,6 +181,7 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser.add_argument("--data_root", default=None, help="as for main_sym.py")
     args = parser.parse_args(argv)
     check_model_args(args)
+    details_beside(Path.cwd() / "logs", f"error-generate_data-{args.call_prefix}")
     check_tag(args.mode, "--mode")
     for flag in ("n", "bs"):
         positive(f"--{flag}", getattr(args, flag))
@@ -217,6 +219,9 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
         shutil.rmtree(stage, ignore_errors=True)
         fail(f"cannot write {err.filename or 'an image file'} ({err.strerror or err}); {out} is "
              "as it was before this run. Free space or fix permissions and run again", code=4)
+    except BaseException:  # whatever else stops it: no half-written set is left behind
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     finally:
         lock.release()
     print(f"wrote {n} images to each of {', '.join(str(out / s) for s in SETS)}")

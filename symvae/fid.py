@@ -42,6 +42,7 @@ from symvae.cli import (
     seed_everything,
 )
 from symvae.data import Dataset, DeviceData, default_data_root
+from symvae.entry import details_beside
 from symvae.experiment import load_model_class
 from symvae.export import image_chunks
 from symvae.generate import load_trained
@@ -248,7 +249,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, features: Features | None = None) -> int:
     """The score command; `features` replaces the Inception network (tests).
     Ctrl-C or SIGTERM stop it with 130 or 143, before a row is appended."""
-    return interruptible(lambda: score(argv, features))
+    return interruptible(lambda: score(argv, features), "fid")
 
 
 def score(argv: list[str] | None, features: Features | None) -> int:
@@ -260,6 +261,7 @@ def score(argv: list[str] | None, features: Features | None) -> int:
     except FileNotFoundError as err:
         fail(str(err))
     check_model_args(args)
+    details_beside(Path.cwd() / "logs", f"error-fid-{args.call_prefix}")
     for flag in ("bs", "feature_bs"):
         positive(f"--{flag}", getattr(args, flag))
     non_negative("--chain_steps", args.chain_steps)

@@ -28,6 +28,7 @@ from symvae.cli import (
     positive,
     seed_everything,
 )
+from symvae.entry import details_beside
 from symvae.model import HVAE
 from symvae.sampling import limiting, save_grid, single_shot
 
@@ -48,7 +49,7 @@ def load_trained(model_cls: type[HVAE], args: argparse.Namespace,
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     """Entry point of generate.py; Ctrl-C or SIGTERM stop it with 130 or 143."""
-    return interruptible(lambda: _main(model_cls, argv))
+    return interruptible(lambda: _main(model_cls, argv), "generate")
 
 
 def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
@@ -59,6 +60,7 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
                         help="sampled steps of the limiting chain before its output step")
     args = parser.parse_args(argv)
     check_model_args(args)
+    details_beside(Path.cwd() / "logs", f"error-generate-{args.call_prefix}")
     positive("--n", args.n)
     non_negative("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
@@ -69,10 +71,11 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     folder = Path.cwd()
     ensure_dirs(folder, ("images",))
     tag = args.call_prefix
+    # both drawn before either is written: a failure in between leaves no mixed pair
+    grids = {"sh": single_shot(model, args.n), "sta": limiting(model, args.n, args.chain_steps)}
     try:
-        save_grid(single_shot(model, args.n), folder / "images" / f"generated_sh_{tag}.png")
-        save_grid(limiting(model, args.n, args.chain_steps),
-                  folder / "images" / f"generated_sta_{tag}.png")
+        for kind, images in grids.items():
+            save_grid(images, folder / "images" / f"generated_{kind}_{tag}.png")
     except OSError as err:  # each grid is written whole or not at all
         fail(f"cannot write {err.filename or 'a grid'} ({err.strerror or err}); free space or fix "
              "the permissions of images/ and run again", code=4)

@@ -40,6 +40,7 @@ from symvae.authors import (
 )
 from symvae.convert import from_authors, order
 from symvae.crosscheck import TOLERANCE, relative_difference
+from symvae.entry import entry_point
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.learning import LEARNERS
 from symvae.model import HVAE
@@ -215,6 +216,7 @@ def lockstep(ref: Path, experiment: str, method: str, nz0: int, nz1: int, bs: in
             "weights": relative_difference(our_weights, their_weights)}
 
 
+@entry_point("lockstep")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the authors' model and ours side by side "
                                 "on the same batches and draws, and compare.")

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from symvae.entry import details_beside, entry_point
+
 # Names every log line starts with; everything after them is a logged quantity.
 CLOCK = ("time", "count")
 # Mutual-information averages as train.mi_log_name writes them: bit group 'q0' -> 'qmi0'.
@@ -288,6 +290,7 @@ def save_figures(runs: list[Run], folder: Path) -> list[Path]:
     return written
 
 
+@entry_point("plot")
 def main(argv: list[str] | None = None) -> int:
     from symvae.cli import check_tag, ensure_dirs, fail  # here: a notebook needs no torch
     parser = argparse.ArgumentParser(
@@ -300,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     for tag in args.call_prefix:
         check_tag(tag, "--call_prefix")
     folder = Path.cwd()
+    details_beside(folder / "logs", "error-plot")  # an unforeseen failure's traceback
     longest = max(len(p.name.encode()) for p in figure_paths(folder, args.call_prefix).values())
     limit = name_limit(folder)
     if longest > limit:

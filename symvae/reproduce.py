@@ -22,6 +22,7 @@ from pathlib import Path
 
 from symvae.cli import fail
 from symvae.data import REPO_ROOT
+from symvae.entry import details_beside, entry_point
 from symvae.experiment import EXPERIMENTS
 from symvae.grid import (
     FID_DIMS,
@@ -236,6 +237,7 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
     return 0
 
 
+@entry_point("reproduce")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     overrides = check_args(args)
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
     opts = Options(out=Path(args.out).resolve() / args.preset, data_root=data_root,
                    device=args.device, progress=not args.no_progress)
+    details_beside(opts.out, "error-reproduce")  # an unforeseen failure's traceback
     preset = PRESETS[args.preset]
     print(f"preset {preset.name}: {preset.about}; {len(rows)} rows")
     if args.dry_run:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from symvae.cli import fail, pick_device
+from symvae.entry import entry_point
 from symvae.exact import FIGURES, evaluate
 from symvae.learning import LEARNERS
 from symvae.model import HVAE
@@ -136,6 +137,7 @@ def toy_data(args: argparse.Namespace) -> ToyData:
     return ToyData(protos, tuple(w / total for w in weights), args.flip)
 
 
+@entry_point("toy_train")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Symmetric learning vs ELBO on an enumerable model.")
     p.add_argument("--encoder", nargs="+", choices=sorted(ENCODERS), default=["ladder", "reverse"],

@@ -36,6 +36,7 @@ from symvae.cli import (
     train_parser,
 )
 from symvae.data import DeviceData
+from symvae.entry import details_beside
 from symvae.learning import LEARNERS, NonFinite
 from symvae.lock import Busy, RunLock
 from symvae.model import HVAE
@@ -318,7 +319,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
     SIGINT (130) or SIGTERM (143) after saving; refusals exit 2, divergence 3, a failed
     write 4 (see symvae.cli.fail).
     """
-    return interruptible(lambda: _main(model_cls, method, argv))
+    return interruptible(lambda: _main(model_cls, method, argv), f"main_{method}")
 
 
 def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
@@ -326,6 +327,7 @@ def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
     check_train_args(args)
     folder = Path.cwd()
     files = RunFiles(folder, args.call_prefix)
+    details_beside(files.log.parent, f"error-{args.call_prefix}")  # an unforeseen failure's
     device = pick_device(args.device)
     check_memory("--bs", args.bs, TRAIN_BYTES_PER_IMAGE, device)
     args.precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32))

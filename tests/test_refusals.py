@@ -27,7 +27,7 @@ from conftest import REPO, write_dataset
 from test_reliability import HVAE, SMALL, Crafted, one_thread, tree  # noqa: F401 - a fixture
 
 from symvae import checkpoint as ckpt_io
-from symvae import cli, export, fid, generate, plot, train
+from symvae import cli, convert, entry, export, fid, generate, plot, reproduce, train
 from symvae.data import Dataset
 from symvae.lock import RunLock
 
@@ -385,6 +385,7 @@ def test_refusal(case: Case, template, tmp_path, monkeypatch, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == case.code, err
     assert "Traceback" not in err
+    assert code != entry.UNEXPECTED and "unexpected" not in err  # each is foreseen
     assert len(lines) == case.lines, err
     # a refusal or failure is the last line, after any notices; a success's notice is the first
     first = lines[-1] if case.code in (2, 3, 4) else lines[0]
@@ -399,6 +400,95 @@ def test_refusal(case: Case, template, tmp_path, monkeypatch, capsys):
     lock = getattr(case.setup, "lock", None)
     if lock:
         lock.release()
+
+
+# --- the last line of defence: an exception nobody foresaw ------------------------------------
+
+@dataclass
+class Fault:
+    name: str
+    command: tuple[str, ...]
+    target: tuple[object, str]  # (module or class, attribute) made to raise
+    details: str  # where the traceback goes: a folder of the workspace, or "tmp"
+    changes: tuple[str, ...] = ()
+
+
+FAULTS = [
+    Fault("training", ("main_sym.py", "--call_prefix", "0", "--load_prefix", "0",
+                       "--niterations", "4"),
+          (train.Trainer, "device_iteration"), "mnist-ladder/logs",
+          changes=("mnist-ladder/logs/log-0.txt",)),
+    Fault("generate.py", ("generate.py", "--call_prefix", "0"), (generate, "limiting"),
+          "mnist-ladder/logs"),
+    Fault("generate_data.py", ("generate_data.py", "--call_prefix", "0"),
+          (export, "image_chunks"), "mnist-ladder/logs", changes=("mnist-ladder/generated_data",)),
+    Fault("FID", ("symvae.fid", "--call_prefix", "0"), (fid, "frechet_distance"),
+          "mnist-ladder/logs", changes=("data/fid_stats", "data/fid_stats/MNIST-bin0.4375-n4-pool3.npz")),
+    Fault("plot", ("symvae.plot", "--call_prefix", "0"), (plot, "save_figures"),
+          "mnist-ladder/logs"),
+    Fault("convert", ("symvae.convert", "--to", "authors", "models/m_0.pt", "authors.pt"),
+          (convert, "to_authors"), "tmp"),
+    Fault("reproduce", ("symvae.reproduce", "--preset", "smoke", "--dry-run"),
+          (reproduce, "build_rows"), "tmp"),
+]
+
+
+def run_tool(command: tuple[str, ...], folder: Path, data: Path, monkeypatch) -> int:
+    """A Case's command, or one of the tools the table of refusals does not run."""
+    tool, *flags = command
+    tools = {"symvae.convert": convert.main, "symvae.reproduce": reproduce.main}
+    if tool not in tools:
+        return run_case(Case("", command, 0, ""), folder, data, monkeypatch)
+    monkeypatch.chdir(folder)
+    try:
+        return tools[tool](flags)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+def test_an_unforeseen_exception_is_one_line_and_a_file(fault: Fault, template, tmp_path,
+                                                        monkeypatch, capsys):
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug\nover two lines")
+    monkeypatch.setattr(*fault.target, broken)
+    before = tree(root)
+    code = run_tool(fault.command, folder, data, monkeypatch)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # no bars
+    assert code == entry.UNEXPECTED == 70, err
+    assert "Traceback" not in err and sum(line.startswith("error") for line in lines) == 1, err
+    assert lines[-1].startswith("error: unexpected ZeroDivisionError: a bug; details in "), err
+    where = temp if fault.details == "tmp" else root / fault.details
+    (details,) = where.glob("*.txt") if fault.details == "tmp" else where.glob("error-*.txt")
+    assert str(details) in lines[-1]
+    text = details.read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text
+    after = tree(root)
+    assert {k: after.get(k) for k in before if k not in fault.changes} == \
+        {k: v for k, v in before.items() if k not in fault.changes}
+    new = set(after) - set(before) - set(fault.changes)
+    assert new <= {os.path.relpath(details, root)}, new  # nothing half-written is left
+
+
+def test_ctrl_c_that_a_tool_does_not_handle_is_one_line(template, tmp_path, monkeypatch, capsys):
+    root = workspace(template, tmp_path / "ws")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(convert, "to_authors", interrupted)
+    before = tree(root)
+    code = run_tool(("symvae.convert", "--to", "authors", "models/m_0.pt", "authors.pt"),
+                    root / "mnist-ladder", root / "data", monkeypatch)
+    assert code == 130
+    assert capsys.readouterr().err.startswith("SIGINT: stopped; files written before are complete")
+    assert tree(root) == before
 
 
 def test_full_disk_keeps_the_checkpoint_and_logs_the_stop(template, tmp_path, monkeypatch):
