@@ -9,6 +9,7 @@ no traceback, and that every file that existed before is unchanged. The README's
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pickle
 import shutil
@@ -200,6 +201,71 @@ def no_images_folder(folder: Path, data: Path, mp) -> None:
     (folder / "images").write_text("")
 
 
+def first_adam(ckpt: dict, k: int = 0) -> dict:
+    """The per-parameter state of the first parameter of optimiser k."""
+    return ckpt["optimizers"][k]["state"][0]
+
+
+def set_in(*keys, value) -> Callable[[dict], None]:
+    """A change that sets ckpt[keys[0]][keys[1]]... to `value`."""
+    def change(ckpt: dict) -> None:
+        inner = ckpt
+        for key in keys[:-1]:
+            inner = inner[key]
+        inner[keys[-1]] = value() if callable(value) else value
+    return change
+
+
+def perm_with(first: int) -> torch.Tensor:
+    perm = torch.arange(96)
+    perm[0] = first
+    return perm
+
+
+def nan_in(tensor: torch.Tensor) -> None:
+    tensor.view(-1)[0] = math.nan
+
+
+SCHEMA_BREAKS = [  # (what, change to run 0's checkpoint, words of the message)
+    ("NaN Adam moments", lambda c: nan_in(first_adam(c)["exp_avg"]),
+     "optimizers[0].state[0].exp_avg holds NaN or infinite values"),
+    ("wrongly shaped Adam moments", lambda c: first_adam(c, 1).update(exp_avg_sq=torch.ones(3)),
+     "optimizers[1].state[0].exp_avg_sq has shape (3,), expected"),
+    ("negative Adam second moments", lambda c: first_adam(c).update(
+        exp_avg_sq=-first_adam(c)["exp_avg_sq"] - 1), "optimizers[0].state[0].exp_avg_sq holds values below 0"),
+    ("odd Adam betas", set_in("optimizers", 0, "param_groups", 0, "betas", value=(0.9, 1.5)),
+     "optimizers[0].param_groups[0].betas 1.5 is out of range"),
+    ("an Adam step that is text", lambda c: first_adam(c).update(step="2"),
+     "optimizers[0].state[0].step '2' is not a finite number"),
+    ("one optimiser for two", lambda c: c["optimizers"].pop(),
+     "optimizers is not a list of 2 optimiser states for sym"),
+    ("a sampler order out of range", set_in("sampler", "perm", value=lambda: perm_with(500)),
+     "sampler.perm is not an order of the 96 images"),
+    ("a sampler order of floats", set_in("sampler", "perm", value=lambda: torch.rand(96)),
+     "sampler.perm is not a list of image indices"),
+    ("a sampler order that is text", set_in("sampler", "perm", value="0 1 2"),
+     "sampler.perm is not a list of image indices"),
+    ("a negative sampler count", set_in("sampler", "count", value=-1),
+     "sampler.count -1 is not a whole number"),
+    ("a truncated torch RNG state", lambda c: c["rng"].update(torch=c["rng"]["torch"][:10]),
+     "rng.torch is not a random-generator state"),
+    ("NumPy RNG keys out of range", lambda c: c["rng"]["numpy"][1].__setitem__(0, -5),
+     "rng.numpy is not a NumPy random state"),
+    ("a Python RNG state that is text", set_in("rng", "python", value="seed"),
+     "rng.python is not a Python random state"),
+    ("MI statistics of the wrong length", set_in("mi", "q0", "m", value=lambda: torch.rand(3)),
+     "mi.q0.m has shape (3,), expected (4,)"),
+    ("MI marginals above 1", lambda c: c["mi"]["p1"]["m"].fill_(2.0),
+     "mi.p1.m holds values above 1"),
+    ("a NaN image chain", lambda c: nan_in(c["chain"]),
+     "its image-grid chain holds NaN or infinite values"),
+    ("NaN running means", set_in("means", "values", "ploss1", value=lambda: torch.tensor(math.nan)),
+     "means.values.ploss1 holds NaN or infinite values"),
+    ("a NaN elapsed time", set_in("elapsed", value=math.nan), "elapsed nan is not a finite number"),
+    ("a negative elapsed time", set_in("elapsed", value=-3.0), "elapsed -3.0 is out of range"),
+]
+
+
 CASES = [
     # lost or mixed work
     Case("other method on the same tag", ("main_sym.py", "--call_prefix", "e", "--load_prefix",
@@ -234,6 +300,18 @@ CASES = [
          checkpoint_gone("logs/log-0.txt")),
     Case("fresh run over the checkpoint", ("main_elbo.py", "--call_prefix", "0"),
          2, "m_0.pt already exists: continue it with --load_prefix 0"),
+    # a checkpoint field by field against its schema (resumed, and where only weights are used)
+    *[Case(f"checkpoint with {what}", ("main_sym.py", "--call_prefix", "x", "--load_prefix",
+                                       "x", "--niterations", "4"),
+           2, f"m_x.pt: a damaged checkpoint ({words}", saved("x", change),
+           not_in_line=("lower --stepsize", "non-finite"))
+      for what, change, words in SCHEMA_BREAKS],
+    Case("NaN optimiser state, generate.py", ("generate.py", "--call_prefix", "x"),
+         2, "m_x.pt: a damaged checkpoint (optimizers[1].state[0].exp_avg holds NaN",
+         saved("x", lambda c: first_adam(c, 1)["exp_avg"].view(-1).__setitem__(0, math.nan))),
+    Case("MI of the wrong length, FID", ("symvae.fid", "--call_prefix", "x"),
+         2, "m_x.pt: a damaged checkpoint (mi.q1.mi has shape (3,), expected (8,))",
+         saved("x", lambda c: c["mi"]["q1"].update(mi=torch.zeros(3)))),
     # faults that printed a traceback
     Case("full disk under models/", ("main_sym.py", "--call_prefix", "n", "--niterations", "4",
                                      "--save_period", "2"),
