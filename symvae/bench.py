@@ -266,7 +266,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="PNG writer processes for --png")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--md", default=None, help="write the markdown table here")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     if args.gpu_check:
         args.all, args.bs, args.capture = True, 1024, "both"
         args.device = "cuda" if args.device == "auto" else args.device
@@ -274,6 +274,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         fail(f"--bs {args.bs}: must be a positive batch size")
     if args.reps < 1:
         fail(f"--reps {args.reps}: must be a positive number of repetitions")
+    for flag, low in (("iters", 1), ("warmup", 0), ("threads", 1), ("png_images", 1),
+                      ("workers", 0)):
+        if getattr(args, flag) is not None and getattr(args, flag) < low:
+            fail(f"--{flag} {getattr(args, flag)}: must be {low} or more")
     if args.ref is not None and not Path(args.ref, "mnist-ladder", "hvae.py").is_file():
         fail(f"--ref {args.ref}: not a checkout of the authors' repository (no "
              "mnist-ladder/hvae.py); clone github.com/dschles70/symvae-aistats2024")
@@ -356,5 +360,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from symvae.entry import guarded
+    from symvae.entry import guarded, parse_args
     raise SystemExit(guarded(main, "bench"))

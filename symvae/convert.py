@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from symvae import checkpoint as ckpt_io
-from symvae.entry import entry_point
+from symvae.entry import entry_point, parse_args
 from symvae.experiment import EXPERIMENTS, load_model_class
 
 _CONV_1_7 = tuple(f"conv{i}" for i in range(1, 8))
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", choices=EXPERIMENTS, default=None,
                    help="the model's experiment (default: the folder you run in, or the file's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     from symvae.cli import fail
     if args.dst.exists() and not args.overwrite:
         fail(f"{args.dst} already exists; pick another OUT or pass --overwrite")

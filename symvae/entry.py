@@ -10,6 +10,7 @@ Free of torch on purpose: symvae.plot runs in notebooks without it.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -18,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 # sysexits.h's EX_SOFTWARE, "an internal software error": apart from 1-4, 130 and 143
 UNEXPECTED = 70
@@ -96,3 +98,13 @@ def _write_in(folder: Path, details: str) -> Path:
     with open(path, "x", encoding="utf-8") as f:  # never over an earlier file
         f.write(header + details)
     return path.resolve()
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parser.parse_args(argv), but a flag argparse cannot take is one `error:` line naming it
+    (and exit 2), not a usage block."""
+    def error(message: str) -> NoReturn:
+        print(f"error: {message}; see {parser.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+    parser.error = error  # type: ignore[method-assign]
+    return parser.parse_args(argv)

@@ -41,21 +41,18 @@ from symvae import runtime
 from symvae.cli import (
     SAMPLE_BYTES_PER_IMAGE,
     Interrupted,
+    check_flags,
     check_memory,
-    check_model_args,
-    check_tag,
     ensure_dirs,
     fail,
     interruptible,
     load_data,
     model_flags,
-    non_negative,
     pick_device,
-    positive,
     seed_everything,
 )
 from symvae.data import DeviceData
-from symvae.entry import details_beside
+from symvae.entry import details_beside, parse_args
 from symvae.generate import load_trained
 from symvae.lock import Busy, RunLock
 from symvae.model import HVAE, Latents
@@ -179,15 +176,9 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes writing PNG files (0: write in the main process)")
     parser.add_argument("--data_root", default=None, help="as for main_sym.py")
-    args = parser.parse_args(argv)
-    check_model_args(args)
+    args = parse_args(parser, argv)
+    check_flags(args)
     details_beside(Path.cwd() / "logs", f"error-generate_data-{args.call_prefix}")
-    check_tag(args.mode, "--mode")
-    for flag in ("n", "bs"):
-        positive(f"--{flag}", getattr(args, flag))
-    non_negative("--chain_steps", args.chain_steps)
-    if args.workers < 0:
-        fail(f"--workers {args.workers}: must be 0 (write in this process) or more")
     device = pick_device(args.device)
     check_memory("--bs", args.bs, SAMPLE_BYTES_PER_IMAGE, device)
     runtime.configure(device, tf32=args.tf32)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from symvae.entry import entry_point
+from symvae.entry import entry_point, parse_args
 
 FILES = (
     "train-images-idx3-ubyte",
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="data root (default: $SYMVAE_DATA or <repo>/data)")
     parser.add_argument("targets", nargs="*", metavar="TARGET",
                         help=f"any of {', '.join(TARGETS)} (default: all)")
-    ns = parser.parse_args(args)
+    ns = parse_args(parser, args)
     unknown = [t for t in ns.targets if t not in TARGETS]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")

@@ -31,18 +31,16 @@ from tqdm import tqdm
 from symvae import checkpoint as ckpt_io
 from symvae import runtime
 from symvae.cli import (
-    check_model_args,
+    check_flags,
     fail,
     interruptible,
     load_data,
     model_flags,
-    non_negative,
     pick_device,
-    positive,
     seed_everything,
 )
 from symvae.data import Dataset, DeviceData, default_data_root
-from symvae.entry import details_beside
+from symvae.entry import details_beside, parse_args
 from symvae.experiment import load_model_class
 from symvae.export import image_chunks
 from symvae.generate import load_trained
@@ -254,17 +252,14 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
 
 def score(argv: list[str] | None, features: Features | None) -> int:
     """main() without its signal handling."""
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
     folder = Path.cwd()
     try:
         model_cls = load_model_class(folder)
     except FileNotFoundError as err:
         fail(str(err))
-    check_model_args(args)
+    check_flags(args)
     details_beside(Path.cwd() / "logs", f"error-fid-{args.call_prefix}")
-    for flag in ("bs", "feature_bs"):
-        positive(f"--{flag}", getattr(args, flag))
-    non_negative("--chain_steps", args.chain_steps)
     if args.n < 2:
         fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
     check_results(folder)

@@ -17,18 +17,16 @@ from symvae import runtime
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
     SAMPLE_BYTES_PER_IMAGE,
+    check_flags,
     check_memory,
-    check_model_args,
     ensure_dirs,
     fail,
     interruptible,
     model_flags,
-    non_negative,
     pick_device,
-    positive,
     seed_everything,
 )
-from symvae.entry import details_beside
+from symvae.entry import details_beside, parse_args
 from symvae.model import HVAE
 from symvae.sampling import limiting, save_grid, single_shot
 
@@ -58,11 +56,9 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser.add_argument("--n", type=int, default=40, help="images per grid (10 per row)")
     parser.add_argument("--chain_steps", type=int, default=1000,
                         help="sampled steps of the limiting chain before its output step")
-    args = parser.parse_args(argv)
-    check_model_args(args)
+    args = parse_args(parser, argv)
+    check_flags(args)
     details_beside(Path.cwd() / "logs", f"error-generate-{args.call_prefix}")
-    positive("--n", args.n)
-    non_negative("--chain_steps", args.chain_steps)
     device = pick_device(args.device)
     check_memory("--n", args.n, SAMPLE_BYTES_PER_IMAGE, device)
     runtime.configure(device, tf32=args.tf32)

@@ -40,7 +40,7 @@ from symvae.authors import (
 )
 from symvae.convert import from_authors, order
 from symvae.crosscheck import TOLERANCE, relative_difference
-from symvae.entry import entry_point
+from symvae.entry import entry_point, parse_args
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.learning import LEARNERS
 from symvae.model import HVAE
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="float64 (default) shows the learning rules; in float32 rounding "
                         "alone parts the runs once it flips a sample")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     from symvae.cli import fail, positive
     for flag in ("nz0", "nz1", "bs", "steps"):
         positive(f"--{flag}", getattr(args, flag))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from symvae.entry import details_beside, entry_point
+from symvae.entry import details_beside, entry_point, parse_args
 
 # Names every log line starts with; everything after them is a logged quantity.
 CLOCK = ("time", "count")
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(run inside the experiment folder).")
     parser.add_argument("--call_prefix", nargs="+", required=True, metavar="TAG",
                         help="tags of the runs to overlay, e.g. --call_prefix 0 1")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     for tag in args.call_prefix:
         check_tag(tag, "--call_prefix")
     folder = Path.cwd()

@@ -20,9 +20,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from symvae.cli import fail
+from symvae.cli import check_flags, device_named, fail
 from symvae.data import REPO_ROOT
-from symvae.entry import details_beside, entry_point
+from symvae.entry import details_beside, entry_point, parse_args
 from symvae.experiment import EXPERIMENTS
 from symvae.grid import (
     FID_DIMS,
@@ -105,17 +105,16 @@ def parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> dict:
     """Validate the flags; returns the size overrides."""
     overrides = {k: getattr(args, k) for k in SIZE_NAMES if getattr(args, k) is not None}
-    for k, v in overrides.items():
-        if k == "stepsize":
-            if not 0 < v < 1:
-                fail(f"--stepsize {v}: must be a positive learning rate below 1 (e.g. 1e-4)")
-        elif k == "fid_dims" and v not in FID_DIMS:
-            fail(f"--fid_dims {v}: must be one of {', '.join(map(str, FID_DIMS))} "
-                 "(pytorch-fid's feature blocks; the seed's FIDs use 2048)")
-        elif v < (2 if k == "n" else 1):
-            fail(f"--{k} {v}: must be at least {2 if k == 'n' else 1}")
-    if any(s < 0 for s in args.seeds):
-        fail(f"--seeds {' '.join(map(str, args.seeds))}: seeds must be non-negative integers")
+    # the checks of the commands the stages run, before any row is built; on SLURM (and for
+    # a dry run) the rows run elsewhere, so only the device's name is checked here
+    elsewhere = args.executor == "slurm" or args.dry_run
+    check_flags(args, skip=("device",) if elsewhere else ())
+    device_named(args.device)
+    if args.n is not None and args.n < 2:
+        fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
+    if args.fid_dims is not None and args.fid_dims not in FID_DIMS:
+        fail(f"--fid_dims {args.fid_dims}: must be one of {', '.join(map(str, FID_DIMS))} "
+             "(pytorch-fid's feature blocks; the seed's FIDs use 2048)")
     cluster_flags = ("partition", "cpus_per_task", "array_parallelism")
     for flag in cluster_flags + ("wait", "resubmit"):
         if getattr(args, flag) and args.executor != "slurm":
@@ -239,7 +238,7 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
 
 @entry_point("reproduce")
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
     overrides = check_args(args)
     experiments = None if not args.experiments else \
         tuple(EXPERIMENTS) if "all" in args.experiments else tuple(_unique(args.experiments))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from symvae.cli import fail, pick_device
-from symvae.entry import entry_point
+from symvae.cli import check_flags, fail, pick_device
+from symvae.entry import entry_point, parse_args
 from symvae.exact import FIGURES, evaluate
 from symvae.learning import LEARNERS
 from symvae.model import HVAE
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=100, help="iterations between exact evaluations")
     p.add_argument("--plot", type=Path, default=None, help="write the TV curves to this PNG")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
+    check_flags(args, skip=("stepsize",))  # --seeds, --bs, --device as everywhere
     for flag in ("iterations", "bs", "every"):
         if getattr(args, flag) < 1:
             fail(f"--{flag} {getattr(args, flag)}: must be a positive integer")

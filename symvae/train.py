@@ -36,7 +36,7 @@ from symvae.cli import (
     train_parser,
 )
 from symvae.data import DeviceData
-from symvae.entry import details_beside
+from symvae.entry import details_beside, parse_args
 from symvae.learning import LEARNERS, NonFinite
 from symvae.lock import Busy, RunLock
 from symvae.model import HVAE
@@ -323,7 +323,7 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
 
 
 def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
-    args = train_parser(method).parse_args(argv)
+    args = parse_args(train_parser(method), argv)
     check_train_args(args)
     folder = Path.cwd()
     files = RunFiles(folder, args.call_prefix)
