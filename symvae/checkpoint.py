@@ -54,6 +54,29 @@ def atomic_write(path: Path, write) -> None:
         pass
 
 
+def atomic_write_all(files: dict[Path, bytes]) -> None:
+    """Write files that belong together (e.g. a results table and its JSON): every temporary
+    file is written and flushed before the first rename, so a failure to write (a full disk)
+    leaves all of them as they were, not one new and one old."""
+    temporaries: dict[Path, Path] = {}
+    path = next(iter(files))
+    try:
+        for path, data in files.items():
+            tmp = temporaries[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
+    except OSError as err:  # name the file the user knows, not the temporary one
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    finally:
+        for tmp in temporaries.values():
+            if tmp.exists():
+                tmp.unlink()
+
+
 def save(path: Path, state: dict) -> None:
     """torch.save `state` to `path` atomically.
 

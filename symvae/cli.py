@@ -281,6 +281,20 @@ def seed_everything(seed: int | None) -> None:
     torch.manual_seed(seed)
 
 
+def check_folder(path: Path, flag: str) -> None:
+    """Fail unless `path` is a writable folder, or can be made as one (its nearest existing
+    parent is a writable folder); nothing is created."""
+    import os
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                fail(f"{flag} {path}: {parent} is a file, not a folder; pick another {flag}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                fail(f"{flag} {path}: {parent} is not writable; fix its permissions or pick "
+                     f"another {flag}")
+            return
+
+
 def ensure_dirs(folder: Path, names: tuple[str, ...]) -> None:
     """Create output folders, or fail with the folder and the fix when they are not writable."""
     import os

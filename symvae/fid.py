@@ -202,27 +202,51 @@ def stats_cache_dir(data_root: str | None, folder: Path) -> Path:
 
 
 def append_results(folder: Path, record: dict) -> None:
-    """Add one row to fid_results.md and one record to the list in fid_results.json."""
+    """Add one row to fid_results.md and one record to the list in fid_results.json, both
+    files changed together (checkpoint.atomic_write_all)."""
     md, js = (folder / name for name in RESULTS)
-    records = json.loads(js.read_text()) if js.is_file() else []
+    records = json.loads(js.read_text(encoding="utf-8")) if js.is_file() else []
     records.append(record)
-    ckpt_io.atomic_write(js, lambda f: f.write((json.dumps(records, indent=1) + "\n").encode()))
     row = (f"| {record['label']} | {record['random_code_fid']:.4f} | {record['limiting_fid']:.4f} "
            f"| {record['n']} | {record['chain_steps']} | {record['date']} |\n")
-    text = md.read_text() if md.is_file() else TABLE_HEAD
-    ckpt_io.atomic_write(md, lambda f: f.write((text + row).encode()))
+    text = md.read_text(encoding="utf-8") if md.is_file() else TABLE_HEAD
+    ckpt_io.atomic_write_all({js: (json.dumps(records, indent=1) + "\n").encode(),
+                              md: (text + row).encode()})
+
+
+def results_problem(folder: Path) -> str | None:
+    """What keeps the results files in `folder` from taking another row (None: nothing).
+
+    fid_results.json must be a list of records (objects), fid_results.md UTF-8 text; either
+    may be absent, neither may be a folder."""
+    md, js = (folder / name for name in RESULTS)
+    for path in (js, md):
+        if path.exists() and not path.is_file():
+            return f"{path} is a folder, but the results are written there; move it away"
+    for path in (js, md):
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            records = json.loads(text) if path == js else []
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ValueError("not a list of records")
+        except UnicodeDecodeError as err:
+            return (f"{path}: unreadable results file (byte {err.start} is not UTF-8 text); "
+                    "move it away or delete it")
+        except (ValueError, OSError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:120]
+            return f"{path}: unreadable results file ({reason}); move it away or delete it"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not writable; run the score command in a writable experiment folder"
+    return None
 
 
 def check_results(folder: Path) -> None:
     """Fail before any work when the results files cannot take another row."""
-    js = folder / RESULTS[1]
-    try:
-        if js.is_file() and not isinstance(json.loads(js.read_text()), list):
-            raise ValueError("not a list of records")
-    except ValueError as err:
-        fail(f"{js}: unreadable results file ({err}); move it away or delete it")
-    if not os.access(folder, os.W_OK):
-        fail(f"{folder} is not writable; run the score command in a writable experiment folder")
+    problem = results_problem(folder)
+    if problem:
+        fail(problem)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from symvae.cli import check_flags, device_named, fail
+from symvae.cli import check_flags, check_folder, device_named, fail
 from symvae.data import REPO_ROOT
 from symvae.entry import details_beside, entry_point, parse_args
 from symvae.experiment import EXPERIMENTS
@@ -50,6 +50,7 @@ from symvae.stages import (
 )
 
 EXECUTORS = ("local", "submitit-local", "slurm")
+TABLE_FILES = ("table.md", "table.json", "table.png")  # symvae.report.write_table
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -124,6 +125,33 @@ def check_args(args: argparse.Namespace) -> dict:
         if value is not None and value < (0 if flag == "gpus_per_node" else 1):
             fail(f"--{flag} {value}: must be a positive number")
     return overrides
+
+
+def check_files(args: argparse.Namespace, rows: list[Row], opts: Options) -> None:
+    """Refuse, before any work, an --out that cannot be written and results or state files
+    that could not be used or written: row.json, fid_results.{json,md}, the table, jobs.json."""
+    from symvae.fid import results_problem
+    check_folder(opts.out, "--out")
+    for name in TABLE_FILES:
+        if (opts.out / name).is_dir():
+            fail(f"{opts.out / name} is a folder, but the table is written there; move it away")
+    for row in rows:
+        folder = row_folder(opts, row)
+        if folder.exists() and not folder.is_dir():
+            fail(f"{folder} is a file, but the row's folder goes there; move it away")
+        try:
+            read_state(folder, row)
+        except RowStateError as err:
+            fail(str(err))
+        problem = results_problem(folder) if folder.is_dir() else None
+        if problem:
+            fail(problem)
+    if args.executor != "local":
+        from symvae import cluster
+        try:
+            cluster.read_jobs(opts.out / "submitit")
+        except cluster.JobsFileError as err:
+            fail(str(err))
 
 
 def _unique(values: list) -> list:
@@ -257,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device == "auto" and torch.cuda.is_available())
         dry_run(rows, opts, gpu)
         return 0
+    check_files(args, rows, opts)
     command = "python -m symvae.reproduce " + shlex.join(sys.argv[1:] if argv is None else argv)
     began = time.time()
 

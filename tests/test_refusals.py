@@ -9,6 +9,7 @@ no traceback, and that every file that existed before is unchanged. The README's
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import pickle
@@ -196,6 +197,28 @@ def checkpoint_gone(*keep: str) -> Setup:
     return setup
 
 
+ROW = "results/smoke/mnist-ladder-sym-s0"  # a row of the smoke preset, under --out results
+
+
+def row_json(state: object) -> Setup:
+    return writes(f"{ROW}/row.json", json.dumps(state).encode())
+
+
+def folder_at(relpath: str) -> Setup:
+    def setup(folder: Path, data: Path, mp) -> None:
+        (folder / relpath).mkdir(parents=True)
+    return setup
+
+
+def results_and(setup: Setup) -> Setup:
+    """fid_results.{json,md} holding one earlier row each, then `setup`."""
+    def both(folder: Path, data: Path, mp) -> None:
+        (folder / "fid_results.json").write_text('[{"tag": "old"}]\n')
+        (folder / "fid_results.md").write_text(fid.TABLE_HEAD + "| old | 1 | 2 | 4 | 1 | - |\n")
+        setup(folder, data, mp)
+    return both
+
+
 def no_images_folder(folder: Path, data: Path, mp) -> None:
     shutil.rmtree(folder / "images")
     (folder / "images").write_text("")
@@ -352,6 +375,53 @@ CASES = [
          2, "argument --preset: invalid choice: 'huge'"),
     Case("convert without OUT", ("symvae.convert", "--to", "authors", "models/m_0.pt"),
          2, "the following arguments are required: OUT"),
+    # results and state files of the tools, checked before any work
+    Case("reproduce: a wrong type in row.json", ("symvae.reproduce",),
+         2, "row.json: not a row record (stages.train.iterations '8' is not a count)",
+         row_json({"row": {}, "stages": {"train": {"key": [], "iterations": "8"}}})),
+    Case("reproduce: row.json whose stages are a list", ("symvae.reproduce",),
+         2, "row.json: not a row record (no stages)", row_json({"stages": []})),
+    Case("reproduce: row.json with a NaN FID", ("symvae.reproduce",),
+         2, "stages.fid.limiting_fid nan is not a number",
+         writes(f"{ROW}/row.json", b'{"stages": {"fid": {"limiting_fid": NaN}}}')),
+    Case("reproduce: row.json not UTF-8", ("symvae.reproduce",),
+         2, "row.json: unreadable (byte 0 is not UTF-8 text)", writes(f"{ROW}/row.json", b"\xff")),
+    Case("reproduce: a folder where row.json goes", ("symvae.reproduce",),
+         2, "row.json is a folder, but the row's record is written there",
+         folder_at(f"{ROW}/row.json")),
+    Case("reproduce: a file where a row's folder goes", ("symvae.reproduce",),
+         2, "mnist-ladder-sym-s0 is a file, but the row's folder goes there", writes(ROW, b"")),
+    Case("reproduce: a row's fid_results.json of numbers", ("symvae.reproduce",),
+         2, "fid_results.json: unreadable results file (not a list of records)",
+         writes(f"{ROW}/fid_results.json", b"[1, 2]")),
+    Case("reproduce: a row's fid_results.md not UTF-8", ("symvae.reproduce",),
+         2, "fid_results.md: unreadable results file (byte 2 is not UTF-8 text)",
+         writes(f"{ROW}/fid_results.md", b"| \xfe")),
+    Case("reproduce: a corrupt jobs.json", ("symvae.reproduce", "--executor", "submitit-local"),
+         2, "jobs.json: unreadable (JSONDecodeError); delete it",
+         writes("results/smoke/submitit/jobs.json", b"{")),
+    Case("reproduce: jobs.json that is a list", ("symvae.reproduce", "--executor",
+                                                  "submitit-local"),
+         2, "jobs.json: not a record of job ids", writes("results/smoke/submitit/jobs.json",
+                                                          b"[]")),
+    Case("reproduce: --out that is a file", ("symvae.reproduce", "--out", "afile"),
+         2, "--out ", writes("afile", b""), not_in_line=("Traceback",)),
+    Case("reproduce: a folder where the table goes", ("symvae.reproduce", "--table_only"),
+         2, "table.json is a folder, but the table is written there",
+         folder_at("results/smoke/table.json")),
+    Case("FID: fid_results.md not UTF-8", ("symvae.fid", "--call_prefix", "0"),
+         2, "fid_results.md: unreadable results file (byte 0 is not UTF-8 text)",
+         writes("fid_results.md", b"\xff\xfe")),
+    Case("FID: a folder where fid_results.json goes", ("symvae.fid", "--call_prefix", "0"),
+         2, "fid_results.json is a folder, but the results are written there",
+         folder_at("fid_results.json")),
+    Case("FID: fid_results.json of numbers", ("symvae.fid", "--call_prefix", "0"),
+         2, "fid_results.json: unreadable results file (not a list of records)",
+         writes("fid_results.json", b"[3]")),
+    Case("FID: the .md meets a full disk after the .json", ("symvae.fid", "--call_prefix", "0"),
+         4, "fid_results.md (No space left on device)",
+         results_and(full_disk("mnist-ladder", fits=1)),
+         changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz",), lines=2),
     # faults that printed a traceback
     Case("full disk under models/", ("main_sym.py", "--call_prefix", "n", "--niterations", "4",
                                      "--save_period", "2"),
