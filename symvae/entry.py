@@ -11,6 +11,7 @@ Free of torch on purpose: symvae.plot runs in notebooks without it.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import sys
@@ -108,3 +109,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         raise SystemExit(2)
     parser.error = error  # type: ignore[method-assign]
     return parser.parse_args(argv)
+
+
+# what to do about a failed write, by its cause (errno)
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise the quota)",
+    errno.EFBIG: "free space or write elsewhere", errno.EACCES: "fix the permissions",
+    errno.EPERM: "fix the permissions", errno.EROFS: "write to a file system that is writable",
+    errno.EISDIR: "move away the folder that stands there",
+    errno.ENOTDIR: "move away the file that stands where a folder goes",
+    errno.ENOTEMPTY: "move away the folder that stands there",
+    errno.EEXIST: "move away what stands there", errno.ENAMETOOLONG: "use a shorter name",
+}
+
+
+def cannot_write(err: OSError, what: str = "a file") -> str:
+    """`cannot write FILE (REASON); FIX` for a failed write: the fix names the real obstacle
+    (a full disk, permissions, a folder in the way), not a guess."""
+    fix = _WRITE_FIXES.get(err.errno, "fix what stands in the way")
+    return f"cannot write {err.filename or what} ({err.strerror or err}); {fix}"

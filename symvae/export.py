@@ -52,7 +52,7 @@ from symvae.cli import (
     seed_everything,
 )
 from symvae.data import DeviceData
-from symvae.entry import details_beside, parse_args
+from symvae.entry import cannot_write, details_beside, parse_args
 from symvae.generate import load_trained
 from symvae.lock import Busy, RunLock
 from symvae.model import HVAE, Latents
@@ -189,6 +189,9 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     base = Path.cwd() / "generated_data"
     out = base / args.mode
     ensure_dirs(Path.cwd(), ("generated_data",))
+    if out.is_symlink():  # publish() replaces the folder whole: it would replace the link
+        fail(f"{out} is a symbolic link (to {os.readlink(out)}), but the image sets replace "
+             f"generated_data/{args.mode} whole; remove the link or pick another --mode")
     if out.exists() and not out.is_dir():
         fail(f"{out} is a file, but the image sets go there; move it away or pick another --mode")
     try:
@@ -199,7 +202,7 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     stage = base / f".{args.mode}.partial"
     try:
         for leftover in (stage, base / f".{args.mode}.old"):  # of a run that was killed
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove(leftover)
         write_sets(model, data, n, args, stage)
         publish(stage, out)
     except Interrupted as stop:
@@ -208,8 +211,8 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
         return stop.code
     except OSError as err:
         shutil.rmtree(stage, ignore_errors=True)
-        fail(f"cannot write {err.filename or 'an image file'} ({err.strerror or err}); {out} is "
-             "as it was before this run. Free space or fix permissions and run again", code=4)
+        fail(f"{cannot_write(err, 'an image file')}, and run again; {out} is as it was before "
+             "this run", code=4)
     except BaseException:  # whatever else stops it: no half-written set is left behind
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -268,4 +271,12 @@ def publish(stage: Path, out: Path) -> None:
     if out.exists():
         os.rename(out, old)
     os.rename(stage, out)
-    shutil.rmtree(old, ignore_errors=True)
+    remove(old)
+
+
+def remove(path: Path) -> None:
+    """Remove a file, a link or a folder tree, whichever stands at `path` (if any)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)

@@ -40,7 +40,7 @@ from symvae.cli import (
     seed_everything,
 )
 from symvae.data import Dataset, DeviceData, default_data_root
-from symvae.entry import details_beside, parse_args
+from symvae.entry import cannot_write, details_beside, parse_args
 from symvae.experiment import load_model_class
 from symvae.export import image_chunks
 from symvae.generate import load_trained
@@ -323,8 +323,7 @@ def score(argv: list[str] | None, features: Features | None) -> int:
     try:
         append_results(folder, record)
     except OSError as err:
-        fail(f"cannot write {err.filename or 'the results'} ({err.strerror or err}); the row is "
-             "printed above. Free space or fix permissions to keep it", code=4)
+        fail(f"{cannot_write(err, 'the results')} to keep the row printed above", code=4)
     print(f"appended to {folder / RESULTS[0]} and {folder / RESULTS[1]}")
     return 0
 

@@ -26,7 +26,7 @@ from symvae.cli import (
     pick_device,
     seed_everything,
 )
-from symvae.entry import details_beside, parse_args
+from symvae.entry import cannot_write, details_beside, parse_args
 from symvae.model import HVAE
 from symvae.sampling import limiting, save_grid, single_shot
 
@@ -64,16 +64,18 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     runtime.configure(device, tf32=args.tf32)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
-    folder = Path.cwd()
+    folder, tag = Path.cwd(), args.call_prefix
+    for kind in ("sh", "sta"):  # refused before any work, not found when writing
+        if (folder / "images" / f"generated_{kind}_{tag}.png").is_dir():
+            fail(f"images/generated_{kind}_{tag}.png is a folder, but the grid is written there; "
+                 "move it away or pick another --call_prefix")
     ensure_dirs(folder, ("images",))
-    tag = args.call_prefix
     # both drawn before either is written: a failure in between leaves no mixed pair
     grids = {"sh": single_shot(model, args.n), "sta": limiting(model, args.n, args.chain_steps)}
     try:
         for kind, images in grids.items():
             save_grid(images, folder / "images" / f"generated_{kind}_{tag}.png")
     except OSError as err:  # each grid is written whole or not at all
-        fail(f"cannot write {err.filename or 'a grid'} ({err.strerror or err}); free space or fix "
-             "the permissions of images/ and run again", code=4)
+        fail(f"{cannot_write(err, 'a grid')} and run again", code=4)
     print(f"wrote images/generated_sh_{tag}.png and images/generated_sta_{tag}.png")
     return 0

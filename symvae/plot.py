@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from symvae.entry import details_beside, entry_point, parse_args
+from symvae.entry import cannot_write, details_beside, entry_point, parse_args
 
 # Names every log line starts with; everything after them is a logged quantity.
 CLOCK = ("time", "count")
@@ -317,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = save_figures(runs, folder)
     except OSError as err:
-        fail(f"cannot write {err.filename or 'a figure'} ({err.strerror or err}); fix the "
-             "permissions of images/ or free space", code=4)
+        fail(f"{cannot_write(err, 'a figure')} in images/", code=4)
     for path in written:
         print(f"wrote {path.relative_to(folder)}")
     return 0

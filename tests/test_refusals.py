@@ -219,6 +219,21 @@ def results_and(setup: Setup) -> Setup:
     return both
 
 
+def write_error(code: int, strerror: str) -> Setup:
+    """Every grid generate.py writes fails with errno `code`, as on a read-only folder."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        def fails(images, path, **kwargs):
+            raise OSError(code, strerror, str(path))
+        mp.setattr(generate, "save_grid", fails)
+    return setup
+
+
+def linked_mode(folder: Path, data: Path, mp) -> None:
+    (folder / "elsewhere").mkdir()
+    (folder / "generated_data").mkdir()
+    (folder / "generated_data" / "m").symlink_to(folder / "elsewhere")
+
+
 def no_images_folder(folder: Path, data: Path, mp) -> None:
     shutil.rmtree(folder / "images")
     (folder / "images").write_text("")
@@ -422,6 +437,25 @@ CASES = [
          4, "fid_results.md (No space left on device)",
          results_and(full_disk("mnist-ladder", fits=1)),
          changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz",), lines=2),
+    # write failures outside training name the real obstacle
+    Case("convert into a folder", ("symvae.convert", "--to", "authors", "models/m_0.pt", "logs",
+                                   "--overwrite"),
+         2, "logs is a folder; OUT is the file to write"),
+    Case("convert into a full disk", ("symvae.convert", "--to", "authors", "models/m_0.pt",
+                                      "models/authors.pt"),
+         4, "authors.pt (No space left on device); free space; ", full_disk("models")),
+    Case("generate.py: a folder where a grid goes", ("generate.py", "--call_prefix", "0"),
+         2, "images/generated_sta_0.png is a folder, but the grid is written there",
+         folder_at("images/generated_sta_0.png")),
+    Case("generate.py: a read-only folder", ("generate.py", "--call_prefix", "0"),
+         4, "generated_sh_0.png (Permission denied); fix the permissions",
+         write_error(errno.EACCES, "Permission denied"), not_in_line=("free space",)),
+    Case("generate.py: a read-only file system", ("generate.py", "--call_prefix", "0"),
+         4, "(Read-only file system); write to a file system that is writable",
+         write_error(errno.EROFS, "Read-only file system"), not_in_line=("free space",)),
+    Case("generate_data.py: the set's folder is a link", ("generate_data.py", "--call_prefix",
+                                                           "0"),
+         2, "generated_data/m is a symbolic link (to ", linked_mode),
     # faults that printed a traceback
     Case("full disk under models/", ("main_sym.py", "--call_prefix", "n", "--niterations", "4",
                                      "--save_period", "2"),
@@ -676,6 +710,20 @@ def test_ctrl_c_that_a_tool_does_not_handle_is_one_line(template, tmp_path, monk
     assert code == 130
     assert capsys.readouterr().err.startswith("SIGINT: stopped; files written before are complete")
     assert tree(root) == before
+
+
+def test_generate_data_clears_what_an_earlier_run_left_whatever_it_is(template, tmp_path,
+                                                                     monkeypatch):
+    """A leftover .m.old (here a link, as an earlier version left one) does not stop a run."""
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    linked_mode(folder, data, monkeypatch)
+    (folder / "generated_data" / "m").rename(folder / "generated_data" / ".m.old")
+    case = Case("", ("generate_data.py", "--call_prefix", "0"), 0, "")
+    for _ in range(2):  # the second run replaces the set the first made
+        assert run_case(case, folder, data, monkeypatch) == 0
+    assert sorted(p.name for p in (folder / "generated_data").iterdir()) == ["m"]
+    assert (folder / "elsewhere").is_dir()  # the link's target is not touched
 
 
 def test_full_disk_keeps_the_checkpoint_and_logs_the_stop(template, tmp_path, monkeypatch):
