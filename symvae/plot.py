@@ -23,6 +23,10 @@ from matplotlib.figure import Figure
 
 from symvae.entry import cannot_write, details_beside, entry_point, parse_args
 
+# Beyond any value a training log holds (losses in nats, counts, seconds); an axis over values
+# near the float limit (1e308) overflows in matplotlib. Lines with larger values are skipped.
+MAX_LOG_VALUE = 1e100
+MAX_GRID_PIXELS = 4096 * 4096  # a training grid is 10 images wide: a few hundred pixels
 # Names every log line starts with; everything after them is a logged quantity.
 CLOCK = ("time", "count")
 # Mutual-information averages as train.mi_log_name writes them: bit group 'q0' -> 'qmi0'.
@@ -81,6 +85,8 @@ def parse_line(line: str) -> dict[str, float] | None:
         try:
             row[name[:-1]] = float(value)
         except ValueError:
+            return None
+        if not abs(row[name[:-1]]) <= MAX_LOG_VALUE:  # also NaN
             return None
     return row if all(n in row for n in CLOCK) else None
 
@@ -156,11 +162,19 @@ def check_image(path: Path) -> None:
     """RunFilesError unless `path` is an image file PIL can read."""
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise RunFilesError(f"{path}: not a readable image ({type(err).__name__}); delete it "
-                            "(the run's next checkpoint writes it again)") from None
+        with warnings.catch_warnings():  # a decompression bomb is an error, not a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.verify()  # the chunks' checksums
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_GRID_PIXELS:
+                    raise ValueError(f"{im.width}x{im.height} pixels")
+                im.load()  # the data stream itself
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise RunFilesError(f"{path}: not a readable image grid ({type(err).__name__}"
+                            f"{': ' + str(err).splitlines()[0][:80] if str(err) else ''}); "
+                            "delete it (the run's next checkpoint writes it again)") from None
 
 
 def figure_paths(folder: Path, tags: list[str]) -> dict[str, Path]:

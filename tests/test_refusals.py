@@ -9,15 +9,18 @@ no traceback, and that every file that existed before is unchanged. The README's
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import math
 import os
 import pickle
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +235,35 @@ def linked_mode(folder: Path, data: Path, mp) -> None:
     (folder / "elsewhere").mkdir()
     (folder / "generated_data").mkdir()
     (folder / "generated_data" / "m").symlink_to(folder / "elsewhere")
+
+
+def data_file(relpath: str, content: bytes) -> Setup:
+    """A file of the data root written with `content`."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        (data / relpath).write_bytes(content)
+    return setup
+
+
+def tiny_dataset(folder: Path, data: Path, mp) -> None:
+    shutil.rmtree(data / "MNIST")
+    write_dataset(data, "mnist", n_train=0, n_test=1)
+
+
+def gzipped_dataset(folder: Path, data: Path, mp) -> None:
+    raw = data / "MNIST" / "raw"
+    for path in raw.glob("*-ubyte"):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+
+
+def png_file(width: int, height: int, idat: bytes) -> bytes:
+    """A PNG of a grey image whose chunks have right checksums, whatever their data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
 
 
 def no_images_folder(folder: Path, data: Path, mp) -> None:
@@ -456,6 +488,29 @@ CASES = [
     Case("generate_data.py: the set's folder is a link", ("generate_data.py", "--call_prefix",
                                                            "0"),
          2, "generated_data/m is a symbolic link (to ", linked_mode),
+    # inputs a plot or a data loader meets
+    Case("plot: a decompression bomb for a grid", ("symvae.plot", "--call_prefix", "0"),
+         2, "img_0.png: not a readable image grid (DecompressionBombError",
+         writes("images/img_0.png", png_file(20000, 20000, zlib.compress(b"")))),
+    Case("plot: a grid of a huge size", ("symvae.plot", "--call_prefix", "0"),
+         2, "img_0.png: not a readable image grid (ValueError: 5000x5000 pixels)",
+         writes("images/img_0.png", png_file(5000, 5000, zlib.compress(b"")))),
+    Case("plot: a grid with a broken data stream", ("symvae.plot", "--call_prefix", "0"),
+         2, "img_0.png: not a readable image grid (OSError: broken data stream",
+         writes("images/img_0.png", png_file(10, 10, b"x\x9c" + bytes(range(50)))),
+         not_in_line=("permissions",)),
+    Case("MD5SUMS with a free-text line", ("main_sym.py", "--call_prefix", "n"),
+         2, "MD5SUMS:1: not an md5sum line (`MD5  FILE`): 'my own digits'",
+         data_file("MNIST/raw/MD5SUMS", b"my own digits\n")),
+    Case("MD5SUMS not UTF-8", ("generate_data.py", "--call_prefix", "0"),
+         2, "MD5SUMS: not an md5sum list (byte 0 is not UTF-8 text)",
+         data_file("MNIST/raw/MD5SUMS", b"\xff\xfe")),
+    Case("a data set of one image", ("main_elbo.py", "--call_prefix", "n", "--bs", "1"),
+         2, "MNIST under data root", tiny_dataset, changes=("data/MNIST/raw/.verified.json",),
+         not_in_line=("unexpected",)),
+    Case("gzipped IDX files", ("main_sym.py", "--call_prefix", "n"),
+         2, "t10k-images-idx3-ubyte.gz is gzipped; decompress", gzipped_dataset,
+         not_in_line=("fetch",)),
     # faults that printed a traceback
     Case("full disk under models/", ("main_sym.py", "--call_prefix", "n", "--niterations", "4",
                                      "--save_period", "2"),
@@ -698,15 +753,20 @@ def test_an_unforeseen_exception_is_one_line_and_a_file(fault: Fault, template, 
     assert new <= {os.path.relpath(details, root)}, new  # nothing half-written is left
 
 
-def test_ctrl_c_that_a_tool_does_not_handle_is_one_line(template, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command, target", [
+    (("symvae.convert", "--to", "authors", "models/m_0.pt", "authors.pt"),
+     (convert, "to_authors")),
+    (("symvae.plot", "--call_prefix", "0"), (plot, "save_figures")),
+])
+def test_ctrl_c_that_a_tool_does_not_handle_is_one_line(command, target, template, tmp_path,
+                                                        monkeypatch, capsys):
     root = workspace(template, tmp_path / "ws")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(convert, "to_authors", interrupted)
+    monkeypatch.setattr(*target, interrupted)
     before = tree(root)
-    code = run_tool(("symvae.convert", "--to", "authors", "models/m_0.pt", "authors.pt"),
-                    root / "mnist-ladder", root / "data", monkeypatch)
+    code = run_tool(command, root / "mnist-ladder", root / "data", monkeypatch)
     assert code == 130
     assert capsys.readouterr().err.startswith("SIGINT: stopped; files written before are complete")
     assert tree(root) == before
@@ -724,6 +784,48 @@ def test_generate_data_clears_what_an_earlier_run_left_whatever_it_is(template, 
         assert run_case(case, folder, data, monkeypatch) == 0
     assert sorted(p.name for p in (folder / "generated_data").iterdir()) == ["m"]
     assert (folder / "elsewhere").is_dir()  # the link's target is not touched
+
+
+def test_plot_skips_log_lines_beyond_any_plot(template, tmp_path, monkeypatch, capsys):
+    root = workspace(template, tmp_path / "ws")
+    folder = root / "mnist-ladder"
+    with open(folder / "logs" / "log-0.txt", "a") as log:
+        log.write("time: 9.0 count: 3 len: 1 ploss1: 1e308\ntime: 9.5 count: 4 len: 1e300\n")
+    with pytest.warns(UserWarning, match="log-0.txt:.*not a `name: value ...` log line"):
+        assert run_tool(("symvae.plot", "--call_prefix", "0"), folder, root / "data",
+                        monkeypatch) == 0
+    assert (folder / "images" / "plot_losses_0.png").is_file()
+
+
+def test_bit_rot_that_keeps_size_and_time_is_found_by_a_full_check(template, tmp_path,
+                                                                    monkeypatch, capsys):
+    """A load trusts a file whose size and modification time it has seen verified (README);
+    `symvae.data fetch --verify` reads every file in full and names the damaged one."""
+    from symvae import fetch
+    root = workspace(template, tmp_path / "ws")
+    raw = root / "data" / "MNIST" / "raw"
+    assert fetch.main(["--verify", "--root", str(root / "data"), "mnist"]) == 0
+    assert "4 raw files match their checksums" in capsys.readouterr().out
+    path = raw / "t10k-images-idx3-ubyte"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fetch.main(["--verify", "--root", str(root / "data"), "mnist"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "t10k-images-idx3-ubyte is damaged (md5 " in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_digest_cache_of_the_wrong_form_is_checked_in_full(template, tmp_path, monkeypatch):
+    root = workspace(template, tmp_path / "ws")
+    raw = root / "data" / "MNIST" / "raw"
+    (raw / ".verified.json").write_text('{"t10k-images-idx3-ubyte": 5, "x": "y"}')
+    case = Case("", ("generate_data.py", "--call_prefix", "0"), 0, "")
+    assert run_case(case, root / "mnist-ladder", root / "data", monkeypatch) == 0
+    cache = json.loads((raw / ".verified.json").read_text())
+    assert all(isinstance(v, list) and len(v) == 3 for v in cache.values())
 
 
 def test_full_disk_keeps_the_checkpoint_and_logs_the_stop(template, tmp_path, monkeypatch):
