@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -215,6 +216,28 @@ def run_local(rows: list[Row], opts: Options, finish) -> int:
     return 0
 
 
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped
+
+
+def stop_local_jobs(jobs: list, grace: float = 60.0) -> None:
+    """End submitit-local jobs with the runner: SIGTERM to each job's controller, which passes
+    it on to its task (training saves a checkpoint and stops); after `grace` seconds, the
+    controller is cancelled (it interrupts, then kills its task)."""
+    import time
+    running = [j for j in jobs if getattr(j, "_process", None) is not None
+               and j._process.poll() is None]
+    for job in running:
+        job._process.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace
+    for job in running:
+        try:
+            job._process.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            job.cancel()
+            job._process.wait()
+
+
 def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finish) -> int:
     """Rows as a submitit job array; waits for them unless on SLURM without --wait."""
     from submitit.core.utils import UncompletedJobError
@@ -252,11 +275,28 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
               "table (rows already finished are not resubmitted)")
         return 0
     failed = []
-    for r, j in zip(todo, jobs, strict=True):
-        try:
-            j.result()
-        except UncompletedJobError as err:
-            failed.append(f"{r.name} (job {j.job_id}): {str(err).strip().splitlines()[-1]}")
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        for r, j in zip(todo, jobs, strict=True):
+            try:
+                j.result()
+            except UncompletedJobError as err:
+                failed.append(f"{r.name} (job {j.job_id}): {str(err).strip().splitlines()[-1]}")
+    except (KeyboardInterrupt, Stopped) as err:
+        name = "SIGTERM" if isinstance(err, Stopped) else "SIGINT"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if slurm:
+            ids = " ".join(str(j.job_id) for j in jobs)
+            print(f"\n{name}: stopped waiting; the SLURM jobs go on (stop them with `scancel "
+                  f"{ids}`); run the same command again for the table", file=sys.stderr)
+        else:
+            stop_local_jobs(jobs)
+            print(f"\n{name}: stopped, and the rows' jobs with it (their checkpoints are kept); "
+                  "run the same command again to finish", file=sys.stderr)
+        return SIGNAL_EXIT[name]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     finish()
     if failed:
         fail("rows failed: " + "; ".join(failed) + f"; see the job logs in {folder} and run "
