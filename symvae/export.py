@@ -178,6 +178,8 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser.add_argument("--data_root", default=None, help="as for main_sym.py")
     args = parse_args(parser, argv)
     check_flags(args)
+    if args.n < 2:  # the sets are for FID: pytorch-fid hangs on a folder of one image
+        fail(f"--n {args.n}: FID needs at least 2 images per set (the seed uses 70000)")
     details_beside(Path.cwd() / "logs", f"error-generate_data-{args.call_prefix}")
     device = pick_device(args.device)
     check_memory("--bs", args.bs, SAMPLE_BYTES_PER_IMAGE, device)

@@ -546,6 +546,8 @@ CASES = [
          2, "--chain_steps -1: must be"),
     Case("generate_data.py --n 0", ("generate_data.py", "--call_prefix", "0", "--n", "0"),
          2, "--n 0: must be a positive number"),
+    Case("generate_data.py --n 1", ("generate_data.py", "--call_prefix", "0", "--n", "1"),
+         2, "--n 1: FID needs at least 2 images per set"),
     Case("bad --mode", ("generate_data.py", "--call_prefix", "0", "--mode", "../x"),
          2, "--mode '../x': use letters, digits"),
     Case("--device mps where there is none", ("main_sym.py", "--call_prefix", "n", "--device",
