@@ -265,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
                    help="images per Inception call (pytorch-fid's default is 50)")
     p.add_argument("--data_root", default=None, help="as for main_sym.py")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("folders", nargs="*", metavar="DIR",
+                   help="two folders of images (e.g. generated_data/sym/images and "
+                        "lim_images): their FID, as pytorch-fid gives it, instead of a model's")
     return p
 
 
@@ -277,6 +280,10 @@ def main(argv: list[str] | None = None, features: Features | None = None) -> int
 def score(argv: list[str] | None, features: Features | None) -> int:
     """main() without its signal handling."""
     args = parse_args(parser(), argv)
+    if args.folders:  # two folders of images, as pytorch-fid takes them
+        from symvae.fid_folders import score_folders
+        check_flags(args)
+        return score_folders(args, features)
     folder = Path.cwd()
     try:
         model_cls = load_model_class(folder)

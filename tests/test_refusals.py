@@ -266,6 +266,17 @@ def png_file(width: int, height: int, idat: bytes) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def image_sets(**sets: tuple[int, tuple[int, int], str]) -> Setup:
+    """Folders sets/NAME holding `count` images of (width, height) and PIL mode each."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        from PIL import Image
+        for name, (count, size, mode) in sets.items():
+            (folder / "sets" / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new(mode, size, 40 * i).save(folder / "sets" / name / f"{i:05d}.png")
+    return setup
+
+
 def no_images_folder(folder: Path, data: Path, mp) -> None:
     shutil.rmtree(folder / "images")
     (folder / "images").write_text("")
@@ -511,6 +522,19 @@ CASES = [
     Case("gzipped IDX files", ("main_sym.py", "--call_prefix", "n"),
          2, "t10k-images-idx3-ubyte.gz is gzipped; decompress", gzipped_dataset,
          not_in_line=("fetch",)),
+    # symvae.fid on two folders, as pytorch-fid takes them
+    Case("FID of a folder of one image", ("symvae.fid", "sets/two", "sets/one"),
+         2, "sets/one: holds 1 image(s); FID needs at least 2 per set",
+         image_sets(two=(2, (28, 28), "L"), one=(1, (28, 28), "L"))),
+    Case("FID of an empty folder", ("symvae.fid", "sets/none", "sets/two"),
+         2, "sets/none: holds 0 image(s)", image_sets(two=(2, (28, 28), "L"), none=(0, (0, 0), "L"))),
+    Case("FID of a missing folder", ("symvae.fid", "sets/two", "sets/gone"),
+         2, "sets/gone: no such folder of images", image_sets(two=(2, (28, 28), "L"))),
+    Case("FID of 64x48 RGB images", ("symvae.fid", "sets/two", "sets/rgb"),
+         2, "a 64x48 RGB image; symvae.fid compares the 28x28 grey images",
+         image_sets(two=(2, (28, 28), "L"), rgb=(3, (64, 48), "RGB"))),
+    Case("FID of three folders", ("symvae.fid", "sets/two", "sets/two", "sets/two"),
+         2, "give two folders of images, not 3", image_sets(two=(2, (28, 28), "L"))),
     # faults that printed a traceback
     Case("full disk under models/", ("main_sym.py", "--call_prefix", "n", "--niterations", "4",
                                      "--save_period", "2"),
@@ -828,6 +852,26 @@ def test_a_digest_cache_of_the_wrong_form_is_checked_in_full(template, tmp_path,
     assert run_case(case, root / "mnist-ladder", root / "data", monkeypatch) == 0
     cache = json.loads((raw / ".verified.json").read_text())
     assert all(isinstance(v, list) and len(v) == 3 for v in cache.values())
+
+
+@pytest.mark.slow  # two Inception networks on the CPU: minutes on a busy 2-core machine
+def test_fid_of_two_folders_is_pytorch_fids(template, tmp_path, monkeypatch, capsys):
+    """`symvae.fid DIR DIR` on generate_data.py's sets gives pytorch-fid's own number."""
+    if not fid.weights_path().is_file():
+        pytest.skip("pytorch-fid's Inception weights are not in the torch hub")
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    case = Case("", ("generate_data.py", "--call_prefix", "0", "--n", "6"), 0, "")
+    assert run_case(case, folder, data, monkeypatch) == 0
+    sets = [str(folder / "generated_data" / "m" / s) for s in ("images", "lim_images")]
+    capsys.readouterr()
+    monkeypatch.chdir(folder)
+    assert fid.main([*sets, "--device", "cpu", "--feature_bs", "6"]) == 0
+    ours = float(capsys.readouterr().out.split()[1].rstrip(":"))
+    theirs = calculate_fid_given_paths(sets, batch_size=6, device="cpu", dims=2048,
+                                       num_workers=0)
+    assert ours == pytest.approx(theirs, rel=1e-3, abs=1e-3)
 
 
 def test_full_disk_keeps_the_checkpoint_and_logs_the_stop(template, tmp_path, monkeypatch):
