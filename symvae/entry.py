@@ -36,7 +36,9 @@ def details_beside(folder: Path, stem: str) -> None:
 
 def guarded(command: Callable[[], int], tool: str) -> int:
     """Run a command's body; Ctrl-C that it does not handle ends it with one line and 130, an
-    unforeseen exception with one line and UNEXPECTED. SystemExit (refusals) passes through."""
+    unforeseen exception with one line and UNEXPECTED. SystemExit (refusals) passes through.
+    A command run inside another (reproduce's stages) keeps the outer one's details place."""
+    outer = dict(_details)
     _details.clear()
     _details.update(stem=f"symvae-{tool}")
     try:
@@ -47,6 +49,9 @@ def guarded(command: Callable[[], int], tool: str) -> int:
         return 130
     except Exception as err:  # noqa: BLE001 - the point of this function
         return unexpected(err)
+    finally:
+        _details.clear()
+        _details.update(outer)
 
 
 def entry_point(tool: str) -> Callable[[Callable[..., int]], Callable[..., int]]:

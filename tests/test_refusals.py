@@ -779,6 +779,26 @@ def test_an_unforeseen_exception_is_one_line_and_a_file(fault: Fault, template, 
     assert new <= {os.path.relpath(details, root)}, new  # nothing half-written is left
 
 
+def test_a_command_inside_another_keeps_the_outer_details_place(tmp_path, monkeypatch, capsys):
+    """reproduce runs training in-process: a failure after a stage is filed beside its own."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    for name in ("outer", "inner"):
+        (tmp_path / name).mkdir()
+
+    def inner() -> int:
+        entry.details_beside(tmp_path / "inner", "error-inner")
+        return 0
+
+    def outer() -> int:
+        entry.details_beside(tmp_path / "outer", "error-outer")
+        assert entry.guarded(inner, "inner") == 0
+        raise RuntimeError("after the stage")
+    assert entry.guarded(outer, "outer") == entry.UNEXPECTED
+    (details,) = (tmp_path / "outer").glob("error-outer-*.txt")
+    assert str(details) in capsys.readouterr().err
+    assert not list((tmp_path / "inner").iterdir())
+
+
 @pytest.mark.parametrize("command, target", [
     (("symvae.convert", "--to", "authors", "models/m_0.pt", "authors.pt"),
      (convert, "to_authors")),
