@@ -38,6 +38,7 @@ from symvae import runtime
 from symvae.authors_run import AuthorsMissing, time_authors
 from symvae.cli import fail, pick_device
 from symvae.data import REPO_ROOT, DeviceData
+from symvae.entry import parse_args
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.stats import EXACT_AVERAGE_STEPS
 from symvae.train import Trainer
@@ -360,5 +361,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from symvae.entry import guarded, parse_args
+    from symvae.entry import guarded
     raise SystemExit(guarded(main, "bench"))

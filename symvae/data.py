@@ -165,7 +165,8 @@ def verify_raw(name: str, raw: Path, full: bool = False) -> int:
             return 0
         expected = expected_digests(name, raw)
         official = not (raw / CHECKSUMS_FILE).is_file()
-        cache = {} if full else _read_cache(raw)
+        cache = _read_cache(raw)
+        remembered = {} if full else cache
         fresh = {}
         for fname, want in expected.items():
             path = raw / fname
@@ -176,7 +177,7 @@ def verify_raw(name: str, raw: Path, full: bool = False) -> int:
             if official and st.st_size != official_size(fname):
                 got = f"{st.st_size} bytes, expected {official_size(fname)}"
             else:
-                known = cache.get(fname)
+                known = remembered.get(fname)
                 md5 = known[2] if known and known[:2] == stamp else _md5(path)
                 fresh[fname] = [*stamp, md5]
                 got = None if md5 == want else f"md5 {md5}, expected {want}"
