@@ -38,6 +38,7 @@ from symvae import runtime
 from symvae.authors_run import AuthorsMissing, time_authors
 from symvae.cli import fail, pick_device
 from symvae.data import REPO_ROOT, DeviceData
+from symvae.entry import parse_args
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.stats import EXACT_AVERAGE_STEPS
 from symvae.train import Trainer
@@ -273,7 +274,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="PNG writer processes for --png")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--md", default=None, help="write the markdown table here")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     if args.gpu_check:
         args.all, args.bs, args.capture = True, 1024, "both"
         args.device = "cuda" if args.device == "auto" else args.device
@@ -281,6 +282,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         fail(f"--bs {args.bs}: must be a positive batch size")
     if args.reps < 1:
         fail(f"--reps {args.reps}: must be a positive number of repetitions")
+    for flag, low in (("iters", 1), ("warmup", 0), ("threads", 1), ("png_images", 1),
+                      ("workers", 0)):
+        if getattr(args, flag) is not None and getattr(args, flag) < low:
+            fail(f"--{flag} {getattr(args, flag)}: must be {low} or more")
     if args.ref is not None and not Path(args.ref, "mnist-ladder", "hvae.py").is_file():
         fail(f"--ref {args.ref}: not a checkout of the authors' repository (no "
              "mnist-ladder/hvae.py); clone github.com/dschles70/symvae-aistats2024")
@@ -363,4 +368,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from symvae.entry import guarded
+    raise SystemExit(guarded(main, "bench"))

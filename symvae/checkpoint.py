@@ -9,6 +9,7 @@ never unpickles code (weights_only=True).
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import random
@@ -51,6 +52,29 @@ def atomic_write(path: Path, write) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def atomic_write_all(files: dict[Path, bytes]) -> None:
+    """Write files that belong together (e.g. a results table and its JSON): every temporary
+    file is written and flushed before the first rename, so a failure to write (a full disk)
+    leaves all of them as they were, not one new and one old."""
+    temporaries: dict[Path, Path] = {}
+    path = next(iter(files))
+    try:
+        for path, data in files.items():
+            tmp = temporaries[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
+    except OSError as err:  # name the file the user knows, not the temporary one
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    finally:
+        for tmp in temporaries.values():
+            if tmp.exists():
+                tmp.unlink()
 
 
 def save(path: Path, state: dict) -> None:
@@ -171,7 +195,8 @@ def _unreadable(path: Path, err: Exception) -> str:
 
 def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
                      nz0: int, nz1: int) -> None:
-    """Refuse a checkpoint of another experiment or of other sizes, saying what it has.
+    """Refuse a checkpoint of another experiment or of other sizes, saying what it has, or one
+    that breaks the schema anywhere (`validate`).
 
     A bare state dict is first brought to our names (an authors' one is converted).
     """
@@ -209,6 +234,7 @@ def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
             raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the model "
                                   "diverged or the file is damaged — use an earlier checkpoint "
                                   "or retrain")
+    validate(ckpt, path, model)  # and every other field, against the one schema
 
 
 def _guess_sizes(state: dict) -> str:
@@ -216,3 +242,233 @@ def _guess_sizes(state: dict) -> str:
     if w is None or w.dim() != 2:
         return "sizes unknown"
     return f"--nz0 {w.shape[1]} --nz1 {w.shape[0]}"
+
+
+# --- the schema of a full checkpoint ---------------------------------------------------------
+# What Trainer.state_dict writes, field by field: types, shapes, ranges and finiteness. Every
+# field is checked when the file is loaded, so a damaged or hand-edited file is refused in one
+# line before training, and a NaN that came from the file is never taken for divergence.
+
+GRID_CHAIN = 10  # images in the training grid's running chain (symvae.train.GRID_COLUMNS)
+NUMPY_KEYS = 624  # MT19937's state words
+
+
+class _Bad(ValueError):
+    """One field that breaks the schema; the message names it."""
+
+
+def validate(ckpt: dict, path: Path, model: nn.Module) -> None:
+    """Refuse (CheckpointError, one line) a checkpoint any field of which is not what a run of
+    `model` writes. Weights are checked by `check_compatible`; bare state dicts carry no more
+    than weights and, converted, MI statistics."""
+    try:
+        if not ckpt.get("format"):
+            if ckpt.get("mi"):
+                _check_mi(ckpt["mi"], model)
+            return
+        _check_fields(ckpt, model)
+    except _Bad as bad:
+        raise CheckpointError(f"{path}: a damaged checkpoint ({bad}); use an earlier checkpoint, "
+                              "retrain, or pick another tag") from None
+
+
+def _check_fields(ckpt: dict, model: nn.Module) -> None:
+    if ckpt.get("method") not in ("sym", "elbo"):
+        raise _Bad(f"method {ckpt.get('method')!r} is neither 'sym' nor 'elbo'")
+    if "elapsed" in ckpt:
+        _real("elapsed", ckpt["elapsed"], low=0.0)
+    args = ckpt.get("args", {})
+    _kind("args", args, dict)
+    if "bs" in args:
+        _count("args.bs", args["bs"], low=1)
+    if "stepsize" in args:
+        _real("args.stepsize", args["stepsize"], low=0.0)
+    _check_means(ckpt["means"])
+    _check_mi(ckpt.get("mi", {}), model)
+    _check_sampler(ckpt["sampler"])
+    _check_chain(ckpt.get("chain"), model)
+    _check_rng(ckpt["rng"])
+    _check_optimizers(ckpt["optimizers"], ckpt["method"], model)
+
+
+def _kind(name: str, value: object, kind: type | tuple[type, ...]) -> None:
+    if not isinstance(value, kind):
+        raise _Bad(f"{name} is a {type(value).__name__}")
+
+
+def _count(name: str, value: object, low: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise _Bad(f"{name} {value!r} is not a whole number of at least {low}")
+
+
+def _real(name: str, value: object, low: float | None = None, high: float | None = None,
+          open_low: bool = False) -> None:
+    """A finite number within [low, high] (or above `low` when `open_low`)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_complex:
+        value = value.item()
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise _Bad(f"{name} {value!r} is not a finite number")
+    if low is not None and (value <= low if open_low else value < low) or \
+            high is not None and value > high:
+        raise _Bad(f"{name} {value!r} is out of range")
+
+
+def _tensor(name: str, value: object, shape: tuple[int, ...] | None = None,
+            low: float | None = None, high: float | None = None) -> torch.Tensor:
+    """A finite floating-point tensor of `shape`, its values within [low, high]."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise _Bad(f"{name} is not a floating-point tensor ({type(value).__name__}"
+                   f"{', ' + str(value.dtype) if isinstance(value, torch.Tensor) else ''})")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise _Bad(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    if not bool(value.isfinite().all()):
+        raise _Bad(f"{name} holds NaN or infinite values")
+    if value.numel() and low is not None and float(value.min()) < low:
+        raise _Bad(f"{name} holds values below {low:g}")
+    if value.numel() and high is not None and float(value.max()) > high:
+        raise _Bad(f"{name} holds values above {high:g}")
+    return value
+
+
+def _check_means(means: object) -> None:
+    _kind("means", means, dict)
+    _count("means.count", means.get("count"))
+    values = means.get("values")
+    _kind("means.values", values, dict)
+    for name, value in values.items():
+        _kind("a means.values name", name, str)
+        _tensor(f"means.values.{name}", value, shape=())
+
+
+def _check_mi(mi: object, model: nn.Module) -> None:
+    _kind("mi", mi, dict)
+    groups = getattr(model, "mi_names", ())
+    for group, stats in mi.items():
+        if group not in groups:
+            raise _Bad(f"mi has a group {group!r}; this model's are {list(groups)}")
+        _kind(f"mi.{group}", stats, dict)
+        bits = model.nz0 if group.endswith("0") else model.nz1
+        m, value = stats.get("m"), stats.get("mi")
+        if m is None and value is None:  # saved before the first update
+            continue
+        _tensor(f"mi.{group}.m", m, shape=(bits,), low=0.0, high=1.0)
+        _tensor(f"mi.{group}.mi", value, shape=(bits,))
+
+
+def _check_sampler(sampler: object) -> None:
+    _kind("sampler", sampler, dict)
+    if "count" in sampler:
+        _count("sampler.count", sampler["count"])
+    else:  # files written before "count"
+        _count("sampler.since_shuffle", sampler.get("since_shuffle"), low=1)
+    perm = sampler.get("perm")
+    if perm is None:
+        return
+    if not isinstance(perm, torch.Tensor) or perm.dim() != 1 or perm.is_floating_point() \
+            or perm.is_complex() or perm.dtype == torch.bool:
+        raise _Bad("sampler.perm is not a list of image indices")
+    if not torch.equal(perm.sort().values.long(), torch.arange(len(perm))):
+        raise _Bad(f"sampler.perm is not an order of the {len(perm)} images")
+
+
+def _check_chain(chain: object, model: nn.Module) -> None:
+    if chain is None:
+        return
+    from symvae.nets import IMAGE_SHAPE
+    # any finite value: Gaussian pixels (Fashion-MNIST) are not clamped in the chain
+    _tensor("its image-grid chain", chain, shape=(GRID_CHAIN, *IMAGE_SHAPE))
+
+
+def _check_rng(rng: object) -> None:
+    _kind("rng", rng, dict)
+    state = rng.get("torch")
+    try:
+        torch.Generator().set_state(state)
+    except (TypeError, RuntimeError, ValueError):
+        raise _Bad("rng.torch is not a random-generator state") from None
+    cuda = rng.get("cuda", [])
+    if not isinstance(cuda, (list, tuple)) or not all(
+            isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.dim() == 1
+            for s in cuda):
+        raise _Bad("rng.cuda is not a list of random-generator states")
+    try:
+        name, keys, *rest = rng["numpy"]
+        if not isinstance(keys, torch.Tensor) or keys.shape != (NUMPY_KEYS,) or \
+                keys.is_floating_point() or int(keys.min()) < 0 or int(keys.max()) >= 1 << 32:
+            raise ValueError("keys")
+        np.random.RandomState().set_state((name, keys.numpy().astype(np.uint32), *rest))
+    except (KeyError, TypeError, ValueError):
+        raise _Bad("rng.numpy is not a NumPy random state") from None
+    try:
+        random.Random().setstate(_to_tuples(rng["python"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise _Bad("rng.python is not a Python random state") from None
+
+
+# Adam's hyper-parameters: what each must be (unknown keys of other torch versions pass)
+_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
+_OPTIONAL_FLAGS = ("foreach", "fused")
+
+
+def _check_optimizers(saved: object, method: str, model: nn.Module) -> None:
+    """Each Adam's groups and per-parameter state against the optimisers a run of `method`
+    builds for `model` (their parameters, in order, give the shapes)."""
+    from symvae.learning import LEARNERS
+    fresh = LEARNERS[method](model, 1e-4, guard=False).optimizers
+    if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+        raise _Bad(f"optimizers is not a list of {len(fresh)} optimiser states for {method}")
+    for k, (state, opt) in enumerate(zip(saved, fresh)):
+        name = f"optimizers[{k}]"
+        _kind(name, state, dict)
+        groups, own = state.get("param_groups"), opt.state_dict()["param_groups"]
+        if not isinstance(groups, list) or len(groups) != len(own):
+            raise _Bad(f"{name}.param_groups is not a list of {len(own)} groups")
+        shapes = {}
+        for g, (group, mine) in enumerate(zip(groups, own)):
+            _check_group(f"{name}.param_groups[{g}]", group, mine)
+            shapes.update(zip(mine["params"], (tuple(p.shape) for p in
+                                               opt.param_groups[g]["params"])))
+        amsgrad = any(group.get("amsgrad") for group in groups)
+        per_param = state.get("state")
+        _kind(f"{name}.state", per_param, dict)
+        for index, entry in per_param.items():
+            if index not in shapes:
+                raise _Bad(f"{name}.state has an entry {index!r} for no parameter")
+            _check_adam_state(f"{name}.state[{index}]", entry, shapes[index], amsgrad)
+
+
+def _check_group(name: str, group: object, mine: dict) -> None:
+    _kind(name, group, dict)
+    if group.get("params") != mine["params"]:
+        raise _Bad(f"{name}.params is not this model's parameter list")
+    _real(f"{name}.lr", group.get("lr"), low=0.0, open_low=True)
+    betas = group.get("betas")
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise _Bad(f"{name}.betas {betas!r} is not a pair")
+    for b in betas:
+        _real(f"{name}.betas", b, low=0.0, high=1.0)
+        if b == 1.0:
+            raise _Bad(f"{name}.betas {betas!r} must be below 1")
+    _real(f"{name}.eps", group.get("eps"), low=0.0, open_low=True)
+    _real(f"{name}.weight_decay", group.get("weight_decay"), low=0.0)
+    for flag in _FLAGS:
+        if flag in group and not isinstance(group[flag], bool):
+            raise _Bad(f"{name}.{flag} {group[flag]!r} is not true or false")
+    for flag in _OPTIONAL_FLAGS:
+        if group.get(flag) is not None and not isinstance(group[flag], bool):
+            raise _Bad(f"{name}.{flag} {group[flag]!r} is not true, false or None")
+
+
+def _check_adam_state(name: str, entry: object, shape: tuple[int, ...], amsgrad: bool) -> None:
+    _kind(name, entry, dict)
+    keys = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if amsgrad else set())
+    if set(entry) != keys:
+        raise _Bad(f"{name} holds {sorted(entry)}, expected {sorted(keys)}")
+    step = entry["step"]
+    if isinstance(step, torch.Tensor) and step.dim() != 0:
+        raise _Bad(f"{name}.step has shape {tuple(step.shape)}, expected a number")
+    _real(f"{name}.step", step, low=0.0)
+    _tensor(f"{name}.exp_avg", entry["exp_avg"], shape=shape)
+    for key in ("exp_avg_sq", "max_exp_avg_sq"):
+        if key in entry:
+            _tensor(f"{name}.{key}", entry[key], shape=shape, low=0.0)

@@ -15,6 +15,8 @@ from typing import NoReturn
 
 import torch
 
+from symvae.entry import guarded
+
 MAX_BITS = 4096  # far beyond the paper's 50/200; guards against typos like 30000
 MAX_BATCH = 1 << 16
 MAX_STEPSIZE = 0.01  # 100x the paper's 1e-4; Adam at such rates only diverges
@@ -68,9 +70,14 @@ def stop_on_signals() -> dict:
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def interruptible(command: Callable[[], int]) -> int:
+def interruptible(command: Callable[[], int], tool: str = "symvae") -> int:
     """Run a command with Ctrl-C and SIGTERM ending it by one line and 128 + the signal's
-    number (130, 143) instead of a traceback; the caller's handlers are put back after."""
+    number (130, 143) instead of a traceback, and an unforeseen exception by one line and
+    symvae.entry.UNEXPECTED; the caller's handlers are put back after."""
+    return guarded(lambda: _until_signal(command), tool)
+
+
+def _until_signal(command: Callable[[], int]) -> int:
     previous = stop_on_signals()
     try:
         return command()
@@ -178,32 +185,75 @@ def train_parser(method: str) -> argparse.ArgumentParser:
     return p
 
 
+# --- one set of checks per flag, for every command that takes it ---------------------------
+
+def _bits(flag: str, value: int) -> None:
+    if not 1 <= value <= MAX_BITS:
+        fail(f"{flag} {value}: must be a number of bits between 1 and {MAX_BITS} "
+             "(the README uses --nz0 30 --nz1 100)")
+
+
+def _seed(flag: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        fail(f"{flag} {value}: must be between 0 and {MAX_SEED}"
+             + (" (or leave it out)" if flag == "--seed" else ""))
+
+
+def _batch(flag: str, value: int) -> None:
+    if not 1 <= value <= MAX_BATCH:
+        fail(f"{flag} {value}: must be between 1 and {MAX_BATCH}")
+
+
+def _stepsize(flag: str, value: float) -> None:
+    if not (value > 0 and value <= MAX_STEPSIZE):  # also refuses NaN
+        fail(f"{flag} {value}: must be a positive learning rate of at most "
+             f"{MAX_STEPSIZE:g} (the paper uses 1e-4)")
+
+
+def _iterations(flag: str, value: int) -> None:
+    if value < 1:
+        fail(f"{flag} {value}: must be a positive number of iterations"
+             + (" (or leave it out to run until stopped)" if flag == "--niterations" else ""))
+
+
+def _tag(flag: str, value: str) -> None:
+    check_tag(value, flag)
+
+
+def _device(flag: str, value: str) -> None:
+    pick_device(value, flag)
+
+
+# flag (its argparse dest) -> its check; a list value (nargs) is checked item by item
+FLAG_CHECKS: dict[str, Callable[[str, object], None]] = {
+    "call_prefix": _tag, "load_prefix": _tag, "mode": _tag,
+    "nz0": _bits, "nz1": _bits, "seed": _seed, "seeds": _seed,
+    "bs": _batch, "fid_bs": _batch, "feature_bs": _batch,
+    "stepsize": _stepsize,
+    "niterations": _iterations, "log_period": _iterations, "save_period": _iterations,
+    "n": positive, "chain_steps": positive, "workers": non_negative,
+    "device": _device,
+}
+
+
+def check_flags(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> None:
+    """Check every flag of `args` that has a shared check (FLAG_CHECKS), in the same way for
+    every command; flags left out (None) and those named in `skip` are not checked."""
+    for dest, check in FLAG_CHECKS.items():
+        if dest in skip:
+            continue
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                check(f"--{dest}", item)
+
+
 def check_model_args(args: argparse.Namespace) -> None:
-    check_tag(args.call_prefix, "--call_prefix")
-    for flag in ("nz0", "nz1"):
-        value = getattr(args, flag)
-        if not 1 <= value <= MAX_BITS:
-            fail(f"--{flag} {value}: must be a number of bits between 1 and {MAX_BITS} "
-                 "(the README uses --nz0 30 --nz1 100)")
-    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
-        fail(f"--seed {args.seed}: must be between 0 and {MAX_SEED} (or leave it out)")
+    check_flags(args)
 
 
 def check_train_args(args: argparse.Namespace) -> None:
-    check_model_args(args)
-    if args.load_prefix is not None:
-        check_tag(args.load_prefix, "--load_prefix")
-    if not 1 <= args.bs <= MAX_BATCH:
-        fail(f"--bs {args.bs}: must be between 1 and {MAX_BATCH} (default 1024)")
-    if not (args.stepsize > 0 and args.stepsize <= MAX_STEPSIZE):
-        fail(f"--stepsize {args.stepsize}: must be a positive learning rate of at most "
-             f"{MAX_STEPSIZE:g} (the paper uses 1e-4)")
-    if args.niterations is not None and args.niterations < 1:
-        fail(f"--niterations {args.niterations}: must be a positive number of iterations "
-             "(or leave it out to run until stopped)")
-    for flag in ("log_period", "save_period"):
-        if getattr(args, flag) < 1:
-            fail(f"--{flag} {getattr(args, flag)}: must be a positive number of iterations")
+    check_flags(args)
 
 
 def check_tag(tag: str, flag: str) -> None:
@@ -213,22 +263,31 @@ def check_tag(tag: str, flag: str) -> None:
              "e.g. {flag} 0".replace("{flag}", flag))
 
 
-def pick_device(name: str) -> torch.device:
+def device_named(name: str, flag: str = "--device") -> torch.device | None:
+    """The device `name` names (None for auto), wherever it is, or fail naming the flag."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in DEVICE_TYPES:
-        fail(f"--device {name!r}: not a device symvae runs on; use auto, cpu, cuda, cuda:N or mps")
+        fail(f"{flag} {name!r}: not a device symvae runs on; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def pick_device(name: str, flag: str = "--device") -> torch.device:
+    """The device `name` means, or fail naming the flag when it is not one here."""
+    device = device_named(name, flag)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+        fail(f"{flag} {name}: CUDA is not available here; use --device cpu or auto")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        fail(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); "
+        fail(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s); "
              "pick another index")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        fail(f"--device {name}: MPS is not available here; use --device cpu or auto")
+        fail(f"{flag} {name}: MPS is not available here; use --device cpu or auto")
     return device
 
 
@@ -241,6 +300,20 @@ def seed_everything(seed: int | None) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def check_folder(path: Path, flag: str) -> None:
+    """Fail unless `path` is a writable folder, or can be made as one (its nearest existing
+    parent is a writable folder); nothing is created."""
+    import os
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                fail(f"{flag} {path}: {parent} is a file, not a folder; pick another {flag}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                fail(f"{flag} {path}: {parent} is not writable; fix its permissions or pick "
+                     f"another {flag}")
+            return
 
 
 def ensure_dirs(folder: Path, names: tuple[str, ...]) -> None:

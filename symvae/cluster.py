@@ -59,9 +59,27 @@ def make_executor(kind: str, folder: Path, name: str, timeout_min: int,
     return executor
 
 
+class JobsFileError(ValueError):
+    """An unusable FOLDER/jobs.json; the message names it and the fix."""
+
+
 def read_jobs(folder: Path) -> dict[str, str]:
+    """Row name -> job id of its latest submission (empty when nothing was submitted)."""
     path = folder / JOBS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if path.exists() and not path.is_file():
+        raise JobsFileError(f"{path} is a folder, but the job ids are written there; move it "
+                            "away")
+    if not path.is_file():
+        return {}
+    fix = "delete it (only --resubmit's bookkeeping is lost: running jobs are not seen)"
+    try:
+        jobs = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:  # UnicodeDecodeError is a ValueError
+        raise JobsFileError(f"{path}: unreadable ({type(err).__name__}); {fix}") from None
+    if not isinstance(jobs, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in jobs.items()):
+        raise JobsFileError(f"{path}: not a record of job ids; {fix}")
+    return jobs
 
 
 def in_flight(folder: Path, job_id: str) -> bool:

@@ -16,6 +16,7 @@ along as `mi.GROUP.m` / `mi.GROUP.mi` (symvae.checkpoint accepts both forms).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from symvae import checkpoint as ckpt_io
+from symvae.entry import cannot_write, entry_point, parse_args
 from symvae.experiment import EXPERIMENTS, load_model_class
 
 _CONV_1_7 = tuple(f"conv{i}" for i in range(1, 8))
@@ -187,6 +189,7 @@ def convert_file(to: str, src: Path, dst: Path, experiment: str | None) -> str:
     return f"wrote {dst}: {what}"
 
 
+@entry_point("convert")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Convert checkpoints between the authors' scripts "
                                 "and symvae.")
@@ -197,18 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", choices=EXPERIMENTS, default=None,
                    help="the model's experiment (default: the folder you run in, or the file's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     from symvae.cli import fail
+    if args.dst.is_dir():
+        fail(f"{args.dst} is a folder; OUT is the file to write, e.g. {args.dst / 'm_0.pt'}")
     if args.dst.exists() and not args.overwrite:
         fail(f"{args.dst} already exists; pick another OUT or pass --overwrite")
     if args.dst.resolve() == args.src.resolve():
         fail(f"{args.dst}: OUT must differ from IN, so the original is kept")
     if not args.dst.parent.is_dir():
         fail(f"{args.dst.parent}: no such folder for OUT; create it first")
+    if not os.access(args.dst.parent, os.W_OK | os.X_OK):
+        fail(f"{args.dst.parent} is not writable; fix its permissions or pick another OUT")
     try:
         print(convert_file(args.to, args.src, args.dst, _experiment_here(args.experiment)))
     except ckpt_io.CheckpointError as err:
         fail(str(err))
+    except OSError as err:  # e.g. a full disk: the atomic write left OUT as it was
+        fail(f"{cannot_write(err, str(args.dst))}; {args.dst} is as it was", code=4)
     return 0
 
 

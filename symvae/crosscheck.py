@@ -35,6 +35,7 @@ from symvae.authors import (
     seeded_authors_model,
 )
 from symvae.convert import from_authors
+from symvae.entry import entry_point, parse_args
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.model import HVAE
 from symvae.nets import IMAGE_SHAPE
@@ -201,6 +202,7 @@ def crosscheck(ref: Path, experiment: str, nz0: int, nz1: int, bs: int, seed: in
     return diffs
 
 
+@entry_point("crosscheck")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Compare our models with the authors' code on "
                                 "the same weights and inputs.")
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="float64 (default) shows the formulas; float32 adds the rounding of "
                         "training, which differs where terms cancel (klloss near 0)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     from symvae.cli import fail, positive
     for flag in ("nz0", "nz1", "bs"):
         positive(f"--{flag}", getattr(args, flag))

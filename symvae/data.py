@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ class Dataset:
     def load(self, root: Path | None, device: torch.device, fetch: bool = True) -> DeviceData:
         """The whole preprocessed set on `device`; fetches it once if missing."""
         root = Path(root) if root else default_data_root()
+        check_uncompressed(root / self.name / "raw")
         verify_raw(FETCH_NAMES[self.name], root / self.name / "raw")
         try:
             raw = self.load_uint8(root)
@@ -87,11 +89,19 @@ class Dataset:
             raise DataError(f"{self.name} under data root {root}: permission denied "
                             f"({err.filename}); make it readable or point --data_root elsewhere"
                             ) from None
+        except (ValueError, IndexError, TypeError) as err:  # torchvision's IDX reader
+            raise DataError(f"{self.name} under data root {root}: the raw files are not IDX "
+                            f"files torchvision can read ({type(err).__name__}: "
+                            f"{str(err)[:80]}); put uncompressed IDX files of at least 2 "
+                            "images there") from None
         except RuntimeError as err:
             if not fetch:
                 raise DataMissing(self._missing_message(root, err)) from None
             _try_fetch(FETCH_NAMES[self.name], root)
             return self.load(root, device, fetch=False)
+        if len(raw) < 2:  # a data set of your own: training and FID need images to draw
+            raise DataError(f"{self.name} under data root {root}: the raw files hold "
+                            f"{len(raw)} image(s); put a data set of at least 2 images there")
         images, divisor = self.preprocess(raw)
         return DeviceData(images.to(device), divisor)
 
@@ -101,14 +111,39 @@ class Dataset:
                 "or point --data_root / SYMVAE_DATA at a folder that holds it.")
 
 
+def check_uncompressed(raw: Path) -> None:
+    """Refuse gzipped IDX files without their uncompressed versions: torchvision reads only
+    those, and would otherwise find no data (and the official set would be fetched)."""
+    if not raw.is_dir():
+        return
+    packed = [p.name for p in sorted(raw.glob("*-ubyte.gz")) if not p.with_suffix("").exists()]
+    if packed:
+        raise DataError(f"{raw}: {packed[0]} is gzipped; decompress the IDX files there "
+                        "(`gunzip -k *-ubyte.gz`) and list the uncompressed ones in MD5SUMS")
+
+
 def expected_digests(name: str, raw: Path) -> dict[str, str]:
     """file name -> md5: raw/MD5SUMS when the folder has one, else the official checksums."""
     from symvae.fetch import MD5
     listed = raw / CHECKSUMS_FILE
     if not listed.is_file():
         return MD5[name]
-    pairs = (line.split() for line in listed.read_text().splitlines() if line.strip())
-    return {fname.lstrip("*"): md5 for md5, fname in pairs}
+    fix = "write it with `md5sum *-ubyte > MD5SUMS` inside raw/"
+    try:
+        text = listed.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{listed}: not an md5sum list (byte {err.start} is not UTF-8 text); "
+                        f"{fix}") from None
+    digests = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-fA-F]{32}) [ *](\S.*)", line.strip())
+        if match is None:
+            raise DataError(f"{listed}:{number}: not an md5sum line (`MD5  FILE`): "
+                            f"{line.strip()[:60]!r}; {fix}")
+        digests[match.group(2)] = match.group(1).lower()
+    return digests
 
 
 def official_size(fname: str) -> int:
@@ -117,18 +152,21 @@ def official_size(fname: str) -> int:
     return 16 + n * IMAGE_BYTES if "images" in fname else 8 + n
 
 
-def verify_raw(name: str, raw: Path) -> None:
+def verify_raw(name: str, raw: Path, full: bool = False) -> int:
     """Refuse raw files that differ from their checksums; missing files are left to the fetch.
+    Returns how many files were checked.
 
     Cheap on every load: a size check, then the md5 only when the file's size or
-    modification time differs from those remembered in raw/.verified.json.
+    modification time differs from those remembered in raw/.verified.json. So bit rot that
+    keeps both is not seen there; `full` (`symvae.data fetch --verify`) computes every md5.
     """
     try:
         if not raw.is_dir():
-            return
+            return 0
         expected = expected_digests(name, raw)
         official = not (raw / CHECKSUMS_FILE).is_file()
         cache = _read_cache(raw)
+        remembered = {} if full else cache
         fresh = {}
         for fname, want in expected.items():
             path = raw / fname
@@ -139,7 +177,7 @@ def verify_raw(name: str, raw: Path) -> None:
             if official and st.st_size != official_size(fname):
                 got = f"{st.st_size} bytes, expected {official_size(fname)}"
             else:
-                known = cache.get(fname)
+                known = remembered.get(fname)
                 md5 = known[2] if known and known[:2] == stamp else _md5(path)
                 fresh[fname] = [*stamp, md5]
                 got = None if md5 == want else f"md5 {md5}, expected {want}"
@@ -151,6 +189,7 @@ def verify_raw(name: str, raw: Path) -> None:
                         "point --data_root / SYMVAE_DATA elsewhere") from None
     if fresh != {k: v for k, v in cache.items() if k in fresh}:
         _write_cache(raw, fresh)
+    return len(fresh)
 
 
 def _md5(path: Path) -> str:
@@ -159,11 +198,17 @@ def _md5(path: Path) -> str:
 
 
 def _read_cache(raw: Path) -> dict:
+    """file name -> [size, mtime_ns, md5] remembered; entries of any other form are dropped
+    (it is only a cache: their files are checked in full)."""
     try:
-        cache = json.loads((raw / DIGEST_CACHE).read_text())
-        return cache if isinstance(cache, dict) else {}
+        cache = json.loads((raw / DIGEST_CACHE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    if not isinstance(cache, dict):
+        return {}
+    return {k: v for k, v in cache.items() if isinstance(v, list) and len(v) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in v[:2])
+            and isinstance(v[2], str)}
 
 
 def _write_cache(raw: Path, digests: dict) -> None:

@@ -41,21 +41,19 @@ from symvae import runtime
 from symvae.cli import (
     SAMPLE_BYTES_PER_IMAGE,
     Interrupted,
+    check_flags,
     check_memory,
-    check_model_args,
-    check_tag,
     ensure_dirs,
     fail,
     interruptible,
     load_data,
     model_flags,
     new_parser,
-    non_negative,
     pick_device,
-    positive,
     seed_everything,
 )
 from symvae.data import DeviceData
+from symvae.entry import cannot_write, details_beside, parse_args
 from symvae.generate import load_trained
 from symvae.lock import Busy, RunLock
 from symvae.model import HVAE, Latents
@@ -164,7 +162,7 @@ def image_chunks(model: HVAE, data: DeviceData, n: int, bs: int, chain_steps: in
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     """Entry point of generate_data.py; Ctrl-C or SIGTERM stop it with 130 or 143."""
-    return interruptible(lambda: _main(model_cls, argv))
+    return interruptible(lambda: _main(model_cls, argv), "generate_data")
 
 
 def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
@@ -180,14 +178,11 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes writing PNG files (0: write in the main process)")
     parser.add_argument("--data_root", default=None, help="as for main_sym.py")
-    args = parser.parse_args(argv)
-    check_model_args(args)
-    check_tag(args.mode, "--mode")
-    for flag in ("n", "bs"):
-        positive(f"--{flag}", getattr(args, flag))
-    non_negative("--chain_steps", args.chain_steps)
-    if args.workers < 0:
-        fail(f"--workers {args.workers}: must be 0 (write in this process) or more")
+    args = parse_args(parser, argv)
+    check_flags(args)
+    if args.n < 2:  # the sets are for FID: pytorch-fid hangs on a folder of one image
+        fail(f"--n {args.n}: FID needs at least 2 images per set (the authors use 70000)")
+    details_beside(Path.cwd() / "logs", f"error-generate_data-{args.call_prefix}")
     device = pick_device(args.device)
     check_memory("--bs", args.bs, SAMPLE_BYTES_PER_IMAGE, device)
     runtime.configure(device, tf32=args.tf32, strict_fp32=args.fp32_strict)
@@ -198,6 +193,9 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     base = Path.cwd() / "generated_data"
     out = base / args.mode
     ensure_dirs(Path.cwd(), ("generated_data",))
+    if out.is_symlink():  # publish() replaces the folder whole: it would replace the link
+        fail(f"{out} is a symbolic link (to {os.readlink(out)}), but the image sets replace "
+             f"generated_data/{args.mode} whole; remove the link or pick another --mode")
     if out.exists() and not out.is_dir():
         fail(f"{out} is a file, but the image sets go there; move it away or pick another --mode")
     try:
@@ -208,7 +206,7 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     stage = base / f".{args.mode}.partial"
     try:
         for leftover in (stage, base / f".{args.mode}.old"):  # of a run that was killed
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove(leftover)
         write_sets(model, data, n, args, stage)
         publish(stage, out)
     except Interrupted as stop:
@@ -217,8 +215,11 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
         return stop.code
     except OSError as err:
         shutil.rmtree(stage, ignore_errors=True)
-        fail(f"cannot write {err.filename or 'an image file'} ({err.strerror or err}); {out} is "
-             "as it was before this run. Free space or fix permissions and run again", code=4)
+        fail(f"{cannot_write(err, 'an image file')}, and run again; {out} is as it was before "
+             "this run", code=4)
+    except BaseException:  # whatever else stops it: no half-written set is left behind
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     finally:
         lock.release()
     print(f"wrote {n} images to each of {', '.join(str(out / s) for s in SETS)}")
@@ -275,4 +276,12 @@ def publish(stage: Path, out: Path) -> None:
     if out.exists():
         os.rename(out, old)
     os.rename(stage, out)
-    shutil.rmtree(old, ignore_errors=True)
+    remove(old)
+
+
+def remove(path: Path) -> None:
+    """Remove a file, a link or a folder tree, whichever stands at `path` (if any)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)

@@ -31,18 +31,17 @@ from tqdm import tqdm
 from symvae import checkpoint as ckpt_io
 from symvae import runtime
 from symvae.cli import (
-    check_model_args,
+    check_flags,
     fail,
     interruptible,
     load_data,
     model_flags,
     new_parser,
-    non_negative,
     pick_device,
-    positive,
     seed_everything,
 )
 from symvae.data import Dataset, DeviceData, default_data_root
+from symvae.entry import cannot_write, details_beside, parse_args
 from symvae.experiment import load_model_class
 from symvae.export import image_chunks
 from symvae.generate import load_trained
@@ -243,27 +242,51 @@ def stats_cache_dir(data_root: str | None, folder: Path) -> Path:
 
 
 def append_results(folder: Path, record: dict) -> None:
-    """Add one row to fid_results.md and one record to the list in fid_results.json."""
+    """Add one row to fid_results.md and one record to the list in fid_results.json, both
+    files changed together (checkpoint.atomic_write_all)."""
     md, js = (folder / name for name in RESULTS)
-    records = json.loads(js.read_text()) if js.is_file() else []
+    records = json.loads(js.read_text(encoding="utf-8")) if js.is_file() else []
     records.append(record)
-    ckpt_io.atomic_write(js, lambda f: f.write((json.dumps(records, indent=1) + "\n").encode()))
     row = (f"| {record['label']} | {record['random_code_fid']:.4f} | {record['limiting_fid']:.4f} "
            f"| {record['n']} | {record['chain_steps']} | {record['date']} |\n")
-    text = md.read_text() if md.is_file() else TABLE_HEAD
-    ckpt_io.atomic_write(md, lambda f: f.write((text + row).encode()))
+    text = md.read_text(encoding="utf-8") if md.is_file() else TABLE_HEAD
+    ckpt_io.atomic_write_all({js: (json.dumps(records, indent=1) + "\n").encode(),
+                              md: (text + row).encode()})
+
+
+def results_problem(folder: Path) -> str | None:
+    """What keeps the results files in `folder` from taking another row (None: nothing).
+
+    fid_results.json must be a list of records (objects), fid_results.md UTF-8 text; either
+    may be absent, neither may be a folder."""
+    md, js = (folder / name for name in RESULTS)
+    for path in (js, md):
+        if path.exists() and not path.is_file():
+            return f"{path} is a folder, but the results are written there; move it away"
+    for path in (js, md):
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            records = json.loads(text) if path == js else []
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ValueError("not a list of records")
+        except UnicodeDecodeError as err:
+            return (f"{path}: unreadable results file (byte {err.start} is not UTF-8 text); "
+                    "move it away or delete it")
+        except (ValueError, OSError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:120]
+            return f"{path}: unreadable results file ({reason}); move it away or delete it"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not writable; run the score command in a writable experiment folder"
+    return None
 
 
 def check_results(folder: Path) -> None:
     """Fail before any work when the results files cannot take another row."""
-    js = folder / RESULTS[1]
-    try:
-        if js.is_file() and not isinstance(json.loads(js.read_text()), list):
-            raise ValueError("not a list of records")
-    except ValueError as err:
-        fail(f"{js}: unreadable results file ({err}); move it away or delete it")
-    if not os.access(folder, os.W_OK):
-        fail(f"{folder} is not writable; run the score command in a writable experiment folder")
+    problem = results_problem(folder)
+    if problem:
+        fail(problem)
 
 
 def warn_if_singular(n: int, dims: int) -> None:
@@ -297,27 +320,32 @@ def parser() -> argparse.ArgumentParser:
                         "the authors'; the early blocks' FIDs compare with nothing")
     p.add_argument("--data_root", default=None, help="as for main_sym.py")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("folders", nargs="*", metavar="DIR",
+                   help="two folders of images (e.g. generated_data/sym/images and "
+                        "lim_images): their FID, as pytorch-fid gives it, instead of a model's")
     return p
 
 
 def main(argv: list[str] | None = None, features: Features | None = None) -> int:
     """The score command; `features` replaces the Inception network (tests).
     Ctrl-C or SIGTERM stop it with 130 or 143, before a row is appended."""
-    return interruptible(lambda: score(argv, features))
+    return interruptible(lambda: score(argv, features), "fid")
 
 
 def score(argv: list[str] | None, features: Features | None) -> int:
     """main() without its signal handling."""
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
+    if args.folders:  # two folders of images, as pytorch-fid takes them
+        from symvae.fid_folders import score_folders
+        check_flags(args)
+        return score_folders(args, features)
     folder = Path.cwd()
     try:
         model_cls = load_model_class(folder)
     except FileNotFoundError as err:
         fail(str(err))
-    check_model_args(args)
-    for flag in ("bs", "feature_bs"):
-        positive(f"--{flag}", getattr(args, flag))
-    non_negative("--chain_steps", args.chain_steps)
+    check_flags(args)
+    details_beside(Path.cwd() / "logs", f"error-fid-{args.call_prefix}")
     if args.n < 2:
         fail(f"--n {args.n}: FID needs at least 2 images per set (the authors use 70000)")
     check_results(folder)
@@ -360,8 +388,7 @@ def score(argv: list[str] | None, features: Features | None) -> int:
     try:
         append_results(folder, record)
     except OSError as err:
-        fail(f"cannot write {err.filename or 'the results'} ({err.strerror or err}); the row is "
-             "printed above. Free space or fix permissions to keep it", code=4)
+        fail(f"{cannot_write(err, 'the results')} to keep the row printed above", code=4)
     print(f"appended to {folder / RESULTS[0]} and {folder / RESULTS[1]}")
     return 0
 

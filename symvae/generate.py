@@ -17,18 +17,17 @@ from symvae import runtime
 from symvae.checkpoint import CheckpointError
 from symvae.cli import (
     SAMPLE_BYTES_PER_IMAGE,
+    check_flags,
     check_memory,
-    check_model_args,
     ensure_dirs,
     fail,
     interruptible,
     model_flags,
     new_parser,
-    non_negative,
     pick_device,
-    positive,
     seed_everything,
 )
+from symvae.entry import cannot_write, details_beside, parse_args
 from symvae.model import HVAE
 from symvae.sampling import limiting, save_grid, single_shot
 
@@ -49,7 +48,7 @@ def load_trained(model_cls: type[HVAE], args: argparse.Namespace,
 
 def main(model_cls: type[HVAE], argv: list[str] | None = None) -> int:
     """Entry point of generate.py; Ctrl-C or SIGTERM stop it with 130 or 143."""
-    return interruptible(lambda: _main(model_cls, argv))
+    return interruptible(lambda: _main(model_cls, argv), "generate")
 
 
 def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
@@ -58,24 +57,26 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     parser.add_argument("--n", type=int, default=40, help="images per grid (10 per row)")
     parser.add_argument("--chain_steps", type=int, default=1000,
                         help="sampled steps of the limiting chain before its output step")
-    args = parser.parse_args(argv)
-    check_model_args(args)
-    positive("--n", args.n)
-    non_negative("--chain_steps", args.chain_steps)
+    args = parse_args(parser, argv)
+    check_flags(args)
+    details_beside(Path.cwd() / "logs", f"error-generate-{args.call_prefix}")
     device = pick_device(args.device)
     check_memory("--n", args.n, SAMPLE_BYTES_PER_IMAGE, device)
     runtime.configure(device, tf32=args.tf32, strict_fp32=args.fp32_strict)
     seed_everything(args.seed)
     model = load_trained(model_cls, args, device)
-    folder = Path.cwd()
+    folder, tag = Path.cwd(), args.call_prefix
+    for kind in ("sh", "sta"):  # refused before any work, not found when writing
+        if (folder / "images" / f"generated_{kind}_{tag}.png").is_dir():
+            fail(f"images/generated_{kind}_{tag}.png is a folder, but the grid is written there; "
+                 "move it away or pick another --call_prefix")
     ensure_dirs(folder, ("images",))
-    tag = args.call_prefix
+    # both drawn before either is written: a failure in between leaves no mixed pair
+    grids = {"sh": single_shot(model, args.n), "sta": limiting(model, args.n, args.chain_steps)}
     try:
-        save_grid(single_shot(model, args.n), folder / "images" / f"generated_sh_{tag}.png")
-        save_grid(limiting(model, args.n, args.chain_steps),
-                  folder / "images" / f"generated_sta_{tag}.png")
+        for kind, images in grids.items():
+            save_grid(images, folder / "images" / f"generated_{kind}_{tag}.png")
     except OSError as err:  # each grid is written whole or not at all
-        fail(f"cannot write {err.filename or 'a grid'} ({err.strerror or err}); free space or fix "
-             "the permissions of images/ and run again", code=4)
+        fail(f"{cannot_write(err, 'a grid')} and run again", code=4)
     print(f"wrote images/generated_sh_{tag}.png and images/generated_sta_{tag}.png")
     return 0

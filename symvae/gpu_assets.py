@@ -193,4 +193,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from symvae.entry import guarded
+    raise SystemExit(guarded(main, "gpu_assets"))

@@ -40,6 +40,7 @@ from symvae.authors import (
 )
 from symvae.convert import from_authors, order
 from symvae.crosscheck import TOLERANCE, relative_difference
+from symvae.entry import entry_point, parse_args
 from symvae.experiment import EXPERIMENTS, load_model_class
 from symvae.learning import LEARNERS
 from symvae.model import HVAE
@@ -215,6 +216,7 @@ def lockstep(ref: Path, experiment: str, method: str, nz0: int, nz1: int, bs: in
             "weights": relative_difference(our_weights, their_weights)}
 
 
+@entry_point("lockstep")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the authors' model and ours side by side "
                                 "on the same batches and draws, and compare.")
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="float64 (default) shows the learning rules; in float32 rounding "
                         "alone parts the runs once it flips a sample")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     from symvae.cli import fail, positive
     for flag in ("nz0", "nz1", "bs", "steps"):
         positive(f"--{flag}", getattr(args, flag))

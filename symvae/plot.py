@@ -21,6 +21,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from symvae.entry import cannot_write, details_beside, entry_point, parse_args
+
+# Beyond any value a training log holds (losses in nats, counts, seconds); an axis over values
+# near the float limit (1e308) overflows in matplotlib. Lines with larger values are skipped.
+MAX_LOG_VALUE = 1e100
+MAX_GRID_PIXELS = 4096 * 4096  # a training grid is 10 images wide: a few hundred pixels
 # Names every log line starts with; everything after them is a logged quantity.
 CLOCK = ("time", "count")
 # Mutual-information averages as train.mi_log_name writes them: bit group 'q0' -> 'qmi0'.
@@ -88,6 +94,8 @@ def parse_line(line: str) -> dict[str, float] | None:
         try:
             row[name[:-1]] = float(value)
         except ValueError:
+            return None
+        if not abs(row[name[:-1]]) <= MAX_LOG_VALUE:  # also NaN
             return None
     return row if all(n in row for n in CLOCK) else None
 
@@ -170,11 +178,19 @@ def check_image(path: Path) -> None:
     """RunFilesError unless `path` is an image file PIL can read."""
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise RunFilesError(f"{path}: not a readable image ({type(err).__name__}); delete it "
-                            "(the run's next checkpoint writes it again)") from None
+        with warnings.catch_warnings():  # a decompression bomb is an error, not a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.verify()  # the chunks' checksums
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_GRID_PIXELS:
+                    raise ValueError(f"{im.width}x{im.height} pixels")
+                im.load()  # the data stream itself
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise RunFilesError(f"{path}: not a readable image grid ({type(err).__name__}"
+                            f"{': ' + str(err).splitlines()[0][:80] if str(err) else ''}); "
+                            "delete it (the run's next checkpoint writes it again)") from None
 
 
 def figure_paths(folder: Path, tags: list[str]) -> dict[str, Path]:
@@ -310,6 +326,7 @@ def save_figures(runs: list[Run], folder: Path) -> list[Path]:
     return written
 
 
+@entry_point("plot")
 def main(argv: list[str] | None = None) -> int:
     from symvae.cli import check_tag, ensure_dirs, fail  # here: a notebook needs no torch
     parser = argparse.ArgumentParser(
@@ -318,10 +335,11 @@ def main(argv: list[str] | None = None) -> int:
                     "(run inside the experiment folder).")
     parser.add_argument("--call_prefix", nargs="+", required=True, metavar="TAG",
                         help="tags of the runs to overlay, e.g. --call_prefix 0 1")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     for tag in args.call_prefix:
         check_tag(tag, "--call_prefix")
     folder = Path.cwd()
+    details_beside(folder / "logs", "error-plot")  # an unforeseen failure's traceback
     longest = max(len(p.name.encode()) for p in figure_paths(folder, args.call_prefix).values())
     limit = name_limit(folder)
     if longest > limit:
@@ -335,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = save_figures(runs, folder)
     except OSError as err:
-        fail(f"cannot write {err.filename or 'a figure'} ({err.strerror or err}); fix the "
-             "permissions of images/ or free space", code=4)
+        fail(f"{cannot_write(err, 'a figure')} in images/", code=4)
     for path in written:
         print(f"wrote {path.relative_to(folder)}")
     return 0

@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from symvae.cli import fail, new_parser
+from symvae.cli import check_flags, check_folder, device_named, fail, new_parser
 from symvae.data import REPO_ROOT
+from symvae.entry import details_beside, entry_point, parse_args
 from symvae.experiment import EXPERIMENTS
 from symvae.grid import (
     FID_DIMS,
@@ -53,6 +55,7 @@ DEFAULT_PRESET = "readme"
 # Without --preset, a run its own estimate puts beyond this many hours on the device at hand
 # (the default preset on a CPU: weeks) is refused until a preset is named or --yes is given.
 ASK_HOURS = 4
+TABLE_FILES = ("table.md", "table.json", "table.png")  # symvae.report.write_table
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -112,17 +115,16 @@ def parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> dict:
     """Validate the flags; returns the size overrides."""
     overrides = {k: getattr(args, k) for k in SIZE_NAMES if getattr(args, k) is not None}
-    for k, v in overrides.items():
-        if k == "stepsize":
-            if not 0 < v < 1:
-                fail(f"--stepsize {v}: must be a positive learning rate below 1 (e.g. 1e-4)")
-        elif k == "fid_dims" and v not in FID_DIMS:
-            fail(f"--fid_dims {v}: must be one of {', '.join(map(str, FID_DIMS))} "
-                 "(pytorch-fid's feature blocks; the authors' FIDs use 2048)")
-        elif v < (2 if k == "n" else 1):
-            fail(f"--{k} {v}: must be at least {2 if k == 'n' else 1}")
-    if any(s < 0 for s in args.seeds):
-        fail(f"--seeds {' '.join(map(str, args.seeds))}: seeds must be non-negative integers")
+    # the checks of the commands the stages run, before any row is built; on SLURM (and for
+    # a dry run) the rows run elsewhere, so only the device's name is checked here
+    elsewhere = args.executor == "slurm" or args.dry_run
+    check_flags(args, skip=("device",) if elsewhere else ())
+    device_named(args.device)
+    if args.n is not None and args.n < 2:
+        fail(f"--n {args.n}: FID needs at least 2 images per set (the authors use 70000)")
+    if args.fid_dims is not None and args.fid_dims not in FID_DIMS:
+        fail(f"--fid_dims {args.fid_dims}: must be one of {', '.join(map(str, FID_DIMS))} "
+             "(pytorch-fid's feature blocks; the authors' FIDs use 2048)")
     cluster_flags = ("partition", "cpus_per_task", "array_parallelism")
     for flag in cluster_flags + ("wait", "resubmit"):
         if getattr(args, flag) and args.executor != "slurm":
@@ -132,6 +134,33 @@ def check_args(args: argparse.Namespace) -> dict:
         if value is not None and value < (0 if flag == "gpus_per_node" else 1):
             fail(f"--{flag} {value}: must be a positive number")
     return overrides
+
+
+def check_files(args: argparse.Namespace, rows: list[Row], opts: Options) -> None:
+    """Refuse, before any work, an --out that cannot be written and results or state files
+    that could not be used or written: row.json, fid_results.{json,md}, the table, jobs.json."""
+    from symvae.fid import results_problem
+    check_folder(opts.out, "--out")
+    for name in TABLE_FILES:
+        if (opts.out / name).is_dir():
+            fail(f"{opts.out / name} is a folder, but the table is written there; move it away")
+    for row in rows:
+        folder = row_folder(opts, row)
+        if folder.exists() and not folder.is_dir():
+            fail(f"{folder} is a file, but the row's folder goes there; move it away")
+        try:
+            read_state(folder, row)
+        except RowStateError as err:
+            fail(str(err))
+        problem = results_problem(folder) if folder.is_dir() else None
+        if problem:
+            fail(problem)
+    if args.executor != "local":
+        from symvae import cluster
+        try:
+            cluster.read_jobs(opts.out / "submitit")
+        except cluster.JobsFileError as err:
+            fail(str(err))
 
 
 def _unique(values: list) -> list:
@@ -238,6 +267,28 @@ def run_local(rows: list[Row], opts: Options, finish) -> int:
     return 0
 
 
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped
+
+
+def stop_local_jobs(jobs: list, grace: float = 60.0) -> None:
+    """End submitit-local jobs with the runner: SIGTERM to each job's controller, which passes
+    it on to its task (training saves a checkpoint and stops); after `grace` seconds, the
+    controller is cancelled (it interrupts, then kills its task)."""
+    import time
+    running = [j for j in jobs if getattr(j, "_process", None) is not None
+               and j._process.poll() is None]
+    for job in running:
+        job._process.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace
+    for job in running:
+        try:
+            job._process.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            job.cancel()
+            job._process.wait()
+
+
 def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finish) -> int:
     """Rows as a submitit job array; waits for them unless on SLURM without --wait."""
     from submitit.core.utils import UncompletedJobError
@@ -275,11 +326,28 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
               "table (rows already finished are not resubmitted)")
         return 0
     failed = []
-    for r, j in zip(todo, jobs, strict=True):
-        try:
-            j.result()
-        except UncompletedJobError as err:
-            failed.append(f"{r.name} (job {j.job_id}): {str(err).strip().splitlines()[-1]}")
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        for r, j in zip(todo, jobs, strict=True):
+            try:
+                j.result()
+            except UncompletedJobError as err:
+                failed.append(f"{r.name} (job {j.job_id}): {str(err).strip().splitlines()[-1]}")
+    except (KeyboardInterrupt, Stopped) as err:
+        name = "SIGTERM" if isinstance(err, Stopped) else "SIGINT"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if slurm:
+            ids = " ".join(str(j.job_id) for j in jobs)
+            print(f"\n{name}: stopped waiting; the SLURM jobs go on (stop them with `scancel "
+                  f"{ids}`); run the same command again for the table", file=sys.stderr)
+        else:
+            stop_local_jobs(jobs)
+            print(f"\n{name}: stopped, and the rows' jobs with it (their checkpoints are kept); "
+                  "run the same command again to finish", file=sys.stderr)
+        return SIGNAL_EXIT[name]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     finish()
     if failed:
         fail("rows failed: " + "; ".join(failed) + f"; see the job logs in {folder} and run "
@@ -287,8 +355,9 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
     return 0
 
 
+@entry_point("reproduce")
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
     overrides = check_args(args)
     experiments = None if not args.experiments else \
         tuple(EXPERIMENTS) if "all" in args.experiments else tuple(_unique(args.experiments))
@@ -305,11 +374,13 @@ def main(argv: list[str] | None = None) -> int:
                    device=args.device, progress=not args.no_progress)
     if not (asked or args.yes or args.dry_run or args.table_only):
         check_default_preset(args, opts, make_rows)
+    details_beside(opts.out, "error-reproduce")  # an unforeseen failure's traceback
     preset = PRESETS[args.preset]
     print(f"preset {preset.name}: {preset.about}; {len(rows)} rows")
     if args.dry_run:
         dry_run(rows, opts, on_gpu(args))
         return 0
+    check_files(args, rows, opts)
     command = "python -m symvae.reproduce " + shlex.join(sys.argv[1:] if argv is None else argv)
     began = time.time()
 

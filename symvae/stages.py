@@ -14,6 +14,7 @@ when it has no record, its flags changed, or a stage before it was redone.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -139,17 +140,73 @@ def call(row: Row, stage: str, command: Callable[[], int | None]) -> None:
 
 
 def read_state(folder: Path, row: Row) -> dict:
+    """The row's record (row.json), checked against its schema; RowStateError names the file
+    and the fix when it cannot be used."""
     path = folder / STATE_FILE
+    if path.exists() and not path.is_file():
+        raise RowStateError(f"{path} is a folder, but the row's record is written there; move "
+                            "it away")
     if not path.is_file():
         return {"row": row.as_dict(), "stages": {}}
     fix = "delete it to redo the row's bookkeeping (its checkpoint is kept and continued)"
     try:
-        state = json.loads(path.read_text())
-    except ValueError as err:
-        raise RowStateError(f"{path}: unreadable ({err}); {fix}") from err
-    if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
-        raise RowStateError(f"{path}: not a row record; {fix}")
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RowStateError(f"{path}: unreadable (byte {err.start} is not UTF-8 text); "
+                            f"{fix}") from None
+    except (ValueError, OSError) as err:
+        raise RowStateError(f"{path}: unreadable ({err}); {fix}") from None
+    problem = state_problem(state)
+    if problem:
+        raise RowStateError(f"{path}: not a row record ({problem}); {fix}")
     return state
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# row.json's schema: what each stage's record holds (run_row adds key, seconds, finished)
+_OPTIONAL_NUMBER = (lambda v: v is None or _number(v), "a number or null")
+_FIELDS: dict[str, tuple] = {
+    "key": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
+            "a list of flags"),
+    "seconds": (lambda v: _number(v) and v >= 0, "a number of seconds"),
+    "finished": (lambda v: isinstance(v, str), "a date"),
+}
+STAGE_FIELDS: dict[str, dict[str, tuple]] = {
+    "train": {"resumed_from": (lambda v: v is None or _whole(v), "a count or null"),
+              "iterations": (_whole, "a count"), "train_seconds": _OPTIONAL_NUMBER,
+              "qmi0": _OPTIONAL_NUMBER, "qmi1": _OPTIONAL_NUMBER,
+              "device": (lambda v: isinstance(v, str), "text"),
+              "commit": (lambda v: isinstance(v, str), "text")},
+    "generate": {"grids": (lambda v: isinstance(v, list) and all(isinstance(g, str) for g in v),
+                           "a list of file names")},
+    "fid": {"random_code_fid": (_number, "a number"), "limiting_fid": (_number, "a number"),
+            "n": (_whole, "a count"), "chain_steps": (_whole, "a count")},
+}
+
+
+def state_problem(state: object) -> str | None:
+    """What in a row record breaks its schema (None: nothing)."""
+    if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
+        return "no stages"
+    if not isinstance(state.get("row", {}), dict):
+        return "row is not an object"
+    for stage, record in state["stages"].items():
+        if stage not in STAGE_FIELDS:
+            return f"an unknown stage {stage!r}"
+        if not isinstance(record, dict):
+            return f"stages.{stage} is not an object"
+        for name, (ok, what) in {**_FIELDS, **STAGE_FIELDS[stage]}.items():
+            if name in record and not ok(record[name]):
+                return f"stages.{stage}.{name} {record[name]!r} is not {what}"
+    return None
 
 
 def write_state(folder: Path, state: dict) -> None:
@@ -206,6 +263,8 @@ def run_train(row: Row, folder: Path, argv: list[str], opts: Options) -> dict:
         except ckpt_io.CheckpointError:  # training itself names the file and the fix
             start = None
         argv = [*argv, "--load_prefix", row.tag]
+    else:  # the row's folder is the grid's own: a row without a checkpoint starts again
+        argv = [*argv, "--overwrite"]
     if not opts.progress:
         argv = [*argv, "--no_progress"]
     with inside(folder):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from symvae.cli import fail, new_parser, pick_device
+from symvae.cli import check_flags, fail, new_parser, pick_device
+from symvae.entry import entry_point, parse_args
 from symvae.exact import FIGURES, evaluate
 from symvae.learning import LEARNERS
 from symvae.model import HVAE
@@ -136,6 +137,7 @@ def toy_data(args: argparse.Namespace) -> ToyData:
     return ToyData(protos, tuple(w / total for w in weights), args.flip)
 
 
+@entry_point("toy_train")
 def main(argv: list[str] | None = None) -> int:
     p = new_parser(description="Symmetric learning vs ELBO on an enumerable model.")
     p.add_argument("--encoder", nargs="+", choices=sorted(ENCODERS), default=["ladder", "reverse"],
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=100, help="iterations between exact evaluations")
     p.add_argument("--plot", type=Path, default=None, help="write the TV curves to this PNG")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
+    check_flags(args, skip=("stepsize",))  # --seeds, --bs, --device as everywhere
     for flag in ("iterations", "bs", "every"):
         if getattr(args, flag) < 1:
             fail(f"--{flag} {getattr(args, flag)}: must be a positive integer")

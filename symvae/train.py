@@ -36,6 +36,7 @@ from symvae.cli import (
     train_parser,
 )
 from symvae.data import DeviceData
+from symvae.entry import details_beside, parse_args
 from symvae.learning import LEARNERS, NonFinite
 from symvae.lock import Busy, RunLock
 from symvae.model import HVAE
@@ -346,14 +347,15 @@ def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> i
     SIGINT (130) or SIGTERM (143) after saving; refusals exit 2, divergence 3, a failed
     write 4 (see symvae.cli.fail).
     """
-    return interruptible(lambda: _main(model_cls, method, argv))
+    return interruptible(lambda: _main(model_cls, method, argv), f"main_{method}")
 
 
 def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
-    args = train_parser(method).parse_args(argv)
+    args = parse_args(train_parser(method), argv)
     check_train_args(args)
     folder = Path.cwd()
     files = RunFiles(folder, args.call_prefix)
+    details_beside(files.log.parent, f"error-{args.call_prefix}")  # an unforeseen failure's
     device = pick_device(args.device)
     check_memory("--bs", args.bs, TRAIN_BYTES_PER_IMAGE, device)
     args.precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32,
@@ -438,12 +440,35 @@ def check_chain(chain: object, shape: tuple[int, ...]) -> None:
                          f"expected {shape}")
 
 
+def run_outputs(files: RunFiles, model: HVAE) -> tuple[Path, ...]:
+    """Every file a run of the tag writes: all of them belong to the tag's history."""
+    return (files.model, files.log, files.image, *map(files.stat, model.mi_names))
+
+
 def check_outputs(files: RunFiles, model: HVAE) -> None:
     """Refuse a folder standing where the run writes one of its files."""
-    for path in (files.model, files.log, files.image, *map(files.stat, model.mi_names)):
+    for path in run_outputs(files, model):
         if path.is_dir():
             fail(f"{path} is a folder, but the run writes a file there; move it away or pick "
                  "another --call_prefix")
+
+
+def check_fresh(args, files: RunFiles, model: HVAE) -> None:
+    """A run that does not continue its own tag replaces the tag's files (the log is started
+    anew): refuse when any of them exists, unless --overwrite says to, so that an earlier run's
+    history is never lost because only its checkpoint is gone."""
+    if args.load_prefix == args.call_prefix or args.overwrite:
+        return
+    earlier = [p for p in run_outputs(files, model) if p.exists() or p.is_symlink()]
+    if not earlier:
+        return
+    tag = args.call_prefix
+    if files.model in earlier:
+        fail(f"{files.model} already exists: continue it with --load_prefix {tag}, pick "
+             "another --call_prefix, or pass --overwrite")
+    names = ", ".join(str(p.relative_to(files.folder)) for p in earlier)
+    fail(f"tag {tag} has files of an earlier run ({names}) that a fresh run would replace; "
+         "pick another --call_prefix, or pass --overwrite to replace them")
 
 
 def checked_start(args, folder: Path, files: RunFiles, model: HVAE,
@@ -462,9 +487,7 @@ def checked_start(args, folder: Path, files: RunFiles, model: HVAE,
             fail(f"{source} holds a run of main_{other}.py; continue it with main_{other}.py, "
                  f"or start {method} learning from it under a new tag (--call_prefix NEW "
                  f"--load_prefix {args.load_prefix})")
-    if args.load_prefix != args.call_prefix and files.model.exists() and not args.overwrite:
-        fail(f"{files.model} already exists: continue it with --load_prefix "
-             f"{args.call_prefix}, pick another --call_prefix, or pass --overwrite")
+    check_fresh(args, files, model)
     return ckpt, source
 
 

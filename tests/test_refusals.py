@@ -9,13 +9,18 @@ no traceback, and that every file that existed before is unchanged. The README's
 from __future__ import annotations
 
 import errno
+import gzip
+import json
+import math
 import os
 import pickle
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,7 @@ from conftest import REPO, write_dataset
 from test_reliability import HVAE, SMALL, Crafted, one_thread, tree  # noqa: F401 - a fixture
 
 from symvae import checkpoint as ckpt_io
-from symvae import cli, export, fid, generate, plot, train
+from symvae import cli, convert, entry, export, fid, generate, plot, reproduce, train
 from symvae.data import Dataset
 from symvae.lock import RunLock
 
@@ -185,9 +190,161 @@ def interrupt_on_load(folder: Path, data: Path, mp) -> None:
     mp.setattr(ckpt_io, "load", load)
 
 
+def checkpoint_gone(*keep: str) -> Setup:
+    """Run 0's checkpoint deleted; of its other files only those named in `keep` are left."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        (folder / "models" / "m_0.pt").unlink()
+        for path in [*(folder / "logs").glob("*-0.txt"), folder / "images" / "img_0.png"]:
+            if str(path.relative_to(folder)) not in keep:
+                path.unlink()
+    return setup
+
+
+ROW = "results/smoke/mnist-ladder-sym-s0"  # a row of the smoke preset, under --out results
+
+
+def row_json(state: object) -> Setup:
+    return writes(f"{ROW}/row.json", json.dumps(state).encode())
+
+
+def folder_at(relpath: str) -> Setup:
+    def setup(folder: Path, data: Path, mp) -> None:
+        (folder / relpath).mkdir(parents=True)
+    return setup
+
+
+def results_and(setup: Setup) -> Setup:
+    """fid_results.{json,md} holding one earlier row each, then `setup`."""
+    def both(folder: Path, data: Path, mp) -> None:
+        (folder / "fid_results.json").write_text('[{"tag": "old"}]\n')
+        (folder / "fid_results.md").write_text(fid.TABLE_HEAD + "| old | 1 | 2 | 4 | 1 | - |\n")
+        setup(folder, data, mp)
+    return both
+
+
+def write_error(code: int, strerror: str) -> Setup:
+    """Every grid generate.py writes fails with errno `code`, as on a read-only folder."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        def fails(images, path, **kwargs):
+            raise OSError(code, strerror, str(path))
+        mp.setattr(generate, "save_grid", fails)
+    return setup
+
+
+def linked_mode(folder: Path, data: Path, mp) -> None:
+    (folder / "elsewhere").mkdir()
+    (folder / "generated_data").mkdir()
+    (folder / "generated_data" / "m").symlink_to(folder / "elsewhere")
+
+
+def data_file(relpath: str, content: bytes) -> Setup:
+    """A file of the data root written with `content`."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        (data / relpath).write_bytes(content)
+    return setup
+
+
+def tiny_dataset(folder: Path, data: Path, mp) -> None:
+    shutil.rmtree(data / "MNIST")
+    write_dataset(data, "mnist", n_train=0, n_test=1)
+
+
+def gzipped_dataset(folder: Path, data: Path, mp) -> None:
+    raw = data / "MNIST" / "raw"
+    for path in raw.glob("*-ubyte"):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+
+
+def png_file(width: int, height: int, idat: bytes) -> bytes:
+    """A PNG of a grey image whose chunks have right checksums, whatever their data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
+def image_sets(**sets: tuple[int, tuple[int, int], str]) -> Setup:
+    """Folders sets/NAME holding `count` images of (width, height) and PIL mode each."""
+    def setup(folder: Path, data: Path, mp) -> None:
+        from PIL import Image
+        for name, (count, size, mode) in sets.items():
+            (folder / "sets" / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new(mode, size, 40 * i).save(folder / "sets" / name / f"{i:05d}.png")
+    return setup
+
+
 def no_images_folder(folder: Path, data: Path, mp) -> None:
     shutil.rmtree(folder / "images")
     (folder / "images").write_text("")
+
+
+def first_adam(ckpt: dict, k: int = 0) -> dict:
+    """The per-parameter state of the first parameter of optimiser k."""
+    return ckpt["optimizers"][k]["state"][0]
+
+
+def set_in(*keys, value) -> Callable[[dict], None]:
+    """A change that sets ckpt[keys[0]][keys[1]]... to `value`."""
+    def change(ckpt: dict) -> None:
+        inner = ckpt
+        for key in keys[:-1]:
+            inner = inner[key]
+        inner[keys[-1]] = value() if callable(value) else value
+    return change
+
+
+def perm_with(first: int) -> torch.Tensor:
+    perm = torch.arange(96)
+    perm[0] = first
+    return perm
+
+
+def nan_in(tensor: torch.Tensor) -> None:
+    tensor.view(-1)[0] = math.nan
+
+
+SCHEMA_BREAKS = [  # (what, change to run 0's checkpoint, words of the message)
+    ("NaN Adam moments", lambda c: nan_in(first_adam(c)["exp_avg"]),
+     "optimizers[0].state[0].exp_avg holds NaN or infinite values"),
+    ("wrongly shaped Adam moments", lambda c: first_adam(c, 1).update(exp_avg_sq=torch.ones(3)),
+     "optimizers[1].state[0].exp_avg_sq has shape (3,), expected"),
+    ("negative Adam second moments", lambda c: first_adam(c).update(
+        exp_avg_sq=-first_adam(c)["exp_avg_sq"] - 1), "optimizers[0].state[0].exp_avg_sq holds values below 0"),
+    ("odd Adam betas", set_in("optimizers", 0, "param_groups", 0, "betas", value=(0.9, 1.5)),
+     "optimizers[0].param_groups[0].betas 1.5 is out of range"),
+    ("an Adam step that is text", lambda c: first_adam(c).update(step="2"),
+     "optimizers[0].state[0].step '2' is not a finite number"),
+    ("one optimiser for two", lambda c: c["optimizers"].pop(),
+     "optimizers is not a list of 2 optimiser states for sym"),
+    ("a sampler order out of range", set_in("sampler", "perm", value=lambda: perm_with(500)),
+     "sampler.perm is not an order of the 96 images"),
+    ("a sampler order of floats", set_in("sampler", "perm", value=lambda: torch.rand(96)),
+     "sampler.perm is not a list of image indices"),
+    ("a sampler order that is text", set_in("sampler", "perm", value="0 1 2"),
+     "sampler.perm is not a list of image indices"),
+    ("a negative sampler count", set_in("sampler", "count", value=-1),
+     "sampler.count -1 is not a whole number"),
+    ("a truncated torch RNG state", lambda c: c["rng"].update(torch=c["rng"]["torch"][:10]),
+     "rng.torch is not a random-generator state"),
+    ("NumPy RNG keys out of range", lambda c: c["rng"]["numpy"][1].__setitem__(0, -5),
+     "rng.numpy is not a NumPy random state"),
+    ("a Python RNG state that is text", set_in("rng", "python", value="seed"),
+     "rng.python is not a Python random state"),
+    ("MI statistics of the wrong length", set_in("mi", "q0", "m", value=lambda: torch.rand(3)),
+     "mi.q0.m has shape (3,), expected (4,)"),
+    ("MI marginals above 1", lambda c: c["mi"]["p1"]["m"].fill_(2.0),
+     "mi.p1.m holds values above 1"),
+    ("a NaN image chain", lambda c: nan_in(c["chain"]),
+     "its image-grid chain holds NaN or infinite values"),
+    ("NaN running means", set_in("means", "values", "ploss1", value=lambda: torch.tensor(math.nan)),
+     "means.values.ploss1 holds NaN or infinite values"),
+    ("a NaN elapsed time", set_in("elapsed", value=math.nan), "elapsed nan is not a finite number"),
+    ("a negative elapsed time", set_in("elapsed", value=-3.0), "elapsed -3.0 is out of range"),
+]
 
 
 CASES = [
@@ -202,6 +359,182 @@ CASES = [
          2, "train-images-idx3-ubyte is damaged (md5 ", flipped_pixel),
     Case("unreadable data folder", ("main_sym.py", "--call_prefix", "n", "--niterations", "3"),
          2, "permission denied", unreadable_data, not_in_line=("not found",)),
+    # a fresh run over files of an earlier run of the tag
+    Case("fresh run over log, stats and grid", ("main_sym.py", "--call_prefix", "0",
+                                                 "--niterations", "2"),
+         2, "tag 0 has files of an earlier run (logs/log-0.txt, images/img_0.png, "
+            "logs/statp1-0.txt, logs/statq0-0.txt", checkpoint_gone("logs/log-0.txt", "logs/statq0-0.txt",
+                                                 "logs/statq1-0.txt", "logs/statp1-0.txt",
+                                                 "images/img_0.png")),
+    Case("fresh run over the log alone", ("main_elbo.py", "--call_prefix", "0", "--niterations",
+                                          "2"),
+         2, "tag 0 has files of an earlier run (logs/log-0.txt)",
+         checkpoint_gone("logs/log-0.txt"), not_in_line=("--load_prefix",)),
+    Case("fresh run over a stat file alone", ("main_sym.py", "--call_prefix", "0"),
+         2, "(logs/statp1-0.txt) that a fresh run would replace; pick another --call_prefix, "
+            "or pass --overwrite", checkpoint_gone("logs/statp1-0.txt")),
+    Case("fresh run over the image grid alone", ("main_sym.py", "--call_prefix", "0"),
+         2, "(images/img_0.png)", checkpoint_gone("images/img_0.png")),
+    Case("started from another tag over a log", ("main_sym.py", "--call_prefix", "0",
+                                                  "--load_prefix", "e"),
+         2, "tag 0 has files of an earlier run (logs/log-0.txt)",
+         checkpoint_gone("logs/log-0.txt")),
+    Case("fresh run over the checkpoint", ("main_elbo.py", "--call_prefix", "0"),
+         2, "m_0.pt already exists: continue it with --load_prefix 0"),
+    # a checkpoint field by field against its schema (resumed, and where only weights are used)
+    *[Case(f"checkpoint with {what}", ("main_sym.py", "--call_prefix", "x", "--load_prefix",
+                                       "x", "--niterations", "4"),
+           2, f"m_x.pt: a damaged checkpoint ({words}", saved("x", change),
+           not_in_line=("lower --stepsize", "non-finite"))
+      for what, change, words in SCHEMA_BREAKS],
+    Case("NaN optimiser state, generate.py", ("generate.py", "--call_prefix", "x"),
+         2, "m_x.pt: a damaged checkpoint (optimizers[1].state[0].exp_avg holds NaN",
+         saved("x", lambda c: first_adam(c, 1)["exp_avg"].view(-1).__setitem__(0, math.nan))),
+    Case("MI of the wrong length, FID", ("symvae.fid", "--call_prefix", "x"),
+         2, "m_x.pt: a damaged checkpoint (mi.q1.mi has shape (3,), expected (8,))",
+         saved("x", lambda c: c["mi"]["q1"].update(mi=torch.zeros(3)))),
+    # one set of checks per flag, the same in every command that takes it
+    *[Case(f"{script[0]} --chain_steps 0", (*script, "--chain_steps", "0"),
+           2, "--chain_steps 0: must be a positive number")
+      for script in (("generate.py", "--call_prefix", "0"), ("generate_data.py", "--call_prefix",
+                                                             "0"),
+                     ("symvae.fid", "--call_prefix", "0"), ("symvae.reproduce",))],
+    Case("reproduce --stepsize 0.5", ("symvae.reproduce", "--stepsize", "0.5"),
+         2, "--stepsize 0.5: must be a positive learning rate of at most 0.01"),
+    Case("reproduce --seeds 2^32", ("symvae.reproduce", "--seeds", "0", str(2**32)),
+         2, f"--seeds {2**32}: must be between 0 and {2**32 - 1}", not_in_line=("leave it out",)),
+    Case("reproduce --device bogus", ("symvae.reproduce", "--device", "bogus"),
+         2, "--device 'bogus': not a device symvae runs on"),
+    Case("reproduce --device mps, none here", ("symvae.reproduce", "--device", "mps"),
+         2, "--device mps: MPS is not available here"),
+    Case("reproduce --nz1 0", ("symvae.reproduce", "--nz1", "0"),
+         2, "--nz1 0: must be a number of bits between 1 and 4096"),
+    Case("reproduce --bs beyond the limit", ("symvae.reproduce", "--bs", "70000"),
+         2, "--bs 70000: must be between 1 and 65536"),
+    Case("generate_data.py --bs beyond the limit", ("generate_data.py", "--call_prefix", "0",
+                                                    "--bs", "70000"),
+         2, "--bs 70000: must be between 1 and 65536"),
+    Case("FID --feature_bs 0", ("symvae.fid", "--call_prefix", "0", "--feature_bs", "0"),
+         2, "--feature_bs 0: must be between 1 and 65536"),
+    Case("FID --seed 2^32", ("symvae.fid", "--call_prefix", "0", "--seed", str(2**32)),
+         2, f"--seed {2**32}: must be between 0 and"),
+    Case("--device with a bad index", ("generate.py", "--call_prefix", "0", "--device", "cuda:x"),
+         2, "--device 'cuda:x': not a device symvae runs on"),
+    # argparse's own refusals: one line, no usage block
+    Case("a number that is not one", ("main_sym.py", "--call_prefix", "n", "--bs", "x"),
+         2, "error: argument --bs: invalid int value: 'x'; see "),
+    Case("an unknown flag", ("generate.py", "--call_prefix", "0", "--bogus"),
+         2, "unrecognized arguments: --bogus"),
+    Case("a missing required flag", ("symvae.plot",),
+         2, "the following arguments are required: --call_prefix"),
+    Case("a choice not offered", ("main_elbo.py", "--nan_policy", "maybe"),
+         2, "argument --nan_policy: invalid choice: 'maybe'"),
+    Case("reproduce: an unknown preset", ("symvae.reproduce", "--preset", "huge"),
+         2, "argument --preset: invalid choice: 'huge'"),
+    Case("convert without OUT", ("symvae.convert", "--to", "authors", "models/m_0.pt"),
+         2, "the following arguments are required: OUT"),
+    # results and state files of the tools, checked before any work
+    Case("reproduce: a wrong type in row.json", ("symvae.reproduce",),
+         2, "row.json: not a row record (stages.train.iterations '8' is not a count)",
+         row_json({"row": {}, "stages": {"train": {"key": [], "iterations": "8"}}})),
+    Case("reproduce: row.json whose stages are a list", ("symvae.reproduce",),
+         2, "row.json: not a row record (no stages)", row_json({"stages": []})),
+    Case("reproduce: row.json with a NaN FID", ("symvae.reproduce",),
+         2, "stages.fid.limiting_fid nan is not a number",
+         writes(f"{ROW}/row.json", b'{"stages": {"fid": {"limiting_fid": NaN}}}')),
+    Case("reproduce: row.json not UTF-8", ("symvae.reproduce",),
+         2, "row.json: unreadable (byte 0 is not UTF-8 text)", writes(f"{ROW}/row.json", b"\xff")),
+    Case("reproduce: a folder where row.json goes", ("symvae.reproduce",),
+         2, "row.json is a folder, but the row's record is written there",
+         folder_at(f"{ROW}/row.json")),
+    Case("reproduce: a file where a row's folder goes", ("symvae.reproduce",),
+         2, "mnist-ladder-sym-s0 is a file, but the row's folder goes there", writes(ROW, b"")),
+    Case("reproduce: a row's fid_results.json of numbers", ("symvae.reproduce",),
+         2, "fid_results.json: unreadable results file (not a list of records)",
+         writes(f"{ROW}/fid_results.json", b"[1, 2]")),
+    Case("reproduce: a row's fid_results.md not UTF-8", ("symvae.reproduce",),
+         2, "fid_results.md: unreadable results file (byte 2 is not UTF-8 text)",
+         writes(f"{ROW}/fid_results.md", b"| \xfe")),
+    Case("reproduce: a corrupt jobs.json", ("symvae.reproduce", "--executor", "submitit-local"),
+         2, "jobs.json: unreadable (JSONDecodeError); delete it",
+         writes("results/smoke/submitit/jobs.json", b"{")),
+    Case("reproduce: jobs.json that is a list", ("symvae.reproduce", "--executor",
+                                                  "submitit-local"),
+         2, "jobs.json: not a record of job ids", writes("results/smoke/submitit/jobs.json",
+                                                          b"[]")),
+    Case("reproduce: --out that is a file", ("symvae.reproduce", "--out", "afile"),
+         2, "--out ", writes("afile", b""), not_in_line=("Traceback",)),
+    Case("reproduce: a folder where the table goes", ("symvae.reproduce", "--table_only"),
+         2, "table.json is a folder, but the table is written there",
+         folder_at("results/smoke/table.json")),
+    Case("FID: fid_results.md not UTF-8", ("symvae.fid", "--call_prefix", "0"),
+         2, "fid_results.md: unreadable results file (byte 0 is not UTF-8 text)",
+         writes("fid_results.md", b"\xff\xfe")),
+    Case("FID: a folder where fid_results.json goes", ("symvae.fid", "--call_prefix", "0"),
+         2, "fid_results.json is a folder, but the results are written there",
+         folder_at("fid_results.json")),
+    Case("FID: fid_results.json of numbers", ("symvae.fid", "--call_prefix", "0"),
+         2, "fid_results.json: unreadable results file (not a list of records)",
+         writes("fid_results.json", b"[3]")),
+    Case("FID: the .md meets a full disk after the .json", ("symvae.fid", "--call_prefix", "0"),
+         4, "fid_results.md (No space left on device)",
+         results_and(full_disk("mnist-ladder", fits=1)),
+         changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz",), lines=2),
+    # write failures outside training name the real obstacle
+    Case("convert into a folder", ("symvae.convert", "--to", "authors", "models/m_0.pt", "logs",
+                                   "--overwrite"),
+         2, "logs is a folder; OUT is the file to write"),
+    Case("convert into a full disk", ("symvae.convert", "--to", "authors", "models/m_0.pt",
+                                      "models/authors.pt"),
+         4, "authors.pt (No space left on device); free space; ", full_disk("models")),
+    Case("generate.py: a folder where a grid goes", ("generate.py", "--call_prefix", "0"),
+         2, "images/generated_sta_0.png is a folder, but the grid is written there",
+         folder_at("images/generated_sta_0.png")),
+    Case("generate.py: a read-only folder", ("generate.py", "--call_prefix", "0"),
+         4, "generated_sh_0.png (Permission denied); fix the permissions",
+         write_error(errno.EACCES, "Permission denied"), not_in_line=("free space",)),
+    Case("generate.py: a read-only file system", ("generate.py", "--call_prefix", "0"),
+         4, "(Read-only file system); write to a file system that is writable",
+         write_error(errno.EROFS, "Read-only file system"), not_in_line=("free space",)),
+    Case("generate_data.py: the set's folder is a link", ("generate_data.py", "--call_prefix",
+                                                           "0"),
+         2, "generated_data/m is a symbolic link (to ", linked_mode),
+    # inputs a plot or a data loader meets
+    Case("plot: a decompression bomb for a grid", ("symvae.plot", "--call_prefix", "0"),
+         2, "img_0.png: not a readable image grid (DecompressionBombError",
+         writes("images/img_0.png", png_file(20000, 20000, zlib.compress(b"")))),
+    Case("plot: a grid of a huge size", ("symvae.plot", "--call_prefix", "0"),
+         2, "img_0.png: not a readable image grid (ValueError: 5000x5000 pixels)",
+         writes("images/img_0.png", png_file(5000, 5000, zlib.compress(b"")))),
+    Case("plot: a grid with a broken data stream", ("symvae.plot", "--call_prefix", "0"),
+         2, "img_0.png: not a readable image grid (OSError: broken data stream",
+         writes("images/img_0.png", png_file(10, 10, b"x\x9c" + bytes(range(50)))),
+         not_in_line=("permissions",)),
+    Case("MD5SUMS with a free-text line", ("main_sym.py", "--call_prefix", "n"),
+         2, "MD5SUMS:1: not an md5sum line (`MD5  FILE`): 'my own digits'",
+         data_file("MNIST/raw/MD5SUMS", b"my own digits\n")),
+    Case("MD5SUMS not UTF-8", ("generate_data.py", "--call_prefix", "0"),
+         2, "MD5SUMS: not an md5sum list (byte 0 is not UTF-8 text)",
+         data_file("MNIST/raw/MD5SUMS", b"\xff\xfe")),
+    Case("a data set of one image", ("main_elbo.py", "--call_prefix", "n", "--bs", "1"),
+         2, "MNIST under data root", tiny_dataset, changes=("data/MNIST/raw/.verified.json",),
+         not_in_line=("unexpected",)),
+    Case("gzipped IDX files", ("main_sym.py", "--call_prefix", "n"),
+         2, "t10k-images-idx3-ubyte.gz is gzipped; decompress", gzipped_dataset,
+         not_in_line=("fetch",)),
+    # symvae.fid on two folders, as pytorch-fid takes them
+    Case("FID of a folder of one image", ("symvae.fid", "sets/two", "sets/one"),
+         2, "sets/one: holds 1 image(s); FID needs at least 2 per set",
+         image_sets(two=(2, (28, 28), "L"), one=(1, (28, 28), "L"))),
+    Case("FID of an empty folder", ("symvae.fid", "sets/none", "sets/two"),
+         2, "sets/none: holds 0 image(s)", image_sets(two=(2, (28, 28), "L"), none=(0, (0, 0), "L"))),
+    Case("FID of a missing folder", ("symvae.fid", "sets/two", "sets/gone"),
+         2, "sets/gone: no such folder of images", image_sets(two=(2, (28, 28), "L"))),
+    Case("FID of 64x48 RGB images", ("symvae.fid", "sets/two", "sets/rgb"),
+         2, "a 64x48 RGB image; symvae.fid compares the 28x28 grey images",
+         image_sets(two=(2, (28, 28), "L"), rgb=(3, (64, 48), "RGB"))),
+    Case("FID of three folders", ("symvae.fid", "sets/two", "sets/two", "sets/two"),
+         2, "give two folders of images, not 3", image_sets(two=(2, (28, 28), "L"))),
     # faults that printed a traceback
     Case("full disk under models/", ("main_sym.py", "--call_prefix", "n", "--niterations", "4",
                                      "--save_period", "2"),
@@ -238,6 +571,8 @@ CASES = [
          2, "--chain_steps -1: must be"),
     Case("generate_data.py --n 0", ("generate_data.py", "--call_prefix", "0", "--n", "0"),
          2, "--n 0: must be a positive number"),
+    Case("generate_data.py --n 1", ("generate_data.py", "--call_prefix", "0", "--n", "1"),
+         2, "--n 1: FID needs at least 2 images per set"),
     Case("bad --mode", ("generate_data.py", "--call_prefix", "0", "--mode", "../x"),
          2, "--mode '../x': use letters, digits"),
     Case("--device mps where there is none", ("main_sym.py", "--call_prefix", "n", "--device",
@@ -333,6 +668,11 @@ def run_case(case: Case, folder: Path, data: Path, monkeypatch) -> int:
                  str(data), *flags]
         real = getattr(case.setup, "real", False)
         entry = lambda: fid.main(flags, features=None if real else projection)
+    elif script == "symvae.reproduce":
+        entry = lambda: reproduce.main(["--preset", "smoke", "--out", "results", "--data_root",
+                                        str(data), "--no_progress", *flags])
+    elif script == "symvae.convert":
+        entry = lambda: convert.main(flags)
     else:
         entry = lambda: plot.main(flags)
     monkeypatch.chdir(folder)
@@ -355,6 +695,7 @@ def test_refusal(case: Case, template, tmp_path, monkeypatch, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == case.code, err
     assert "Traceback" not in err
+    assert code != entry.UNEXPECTED and "unexpected" not in err  # each is foreseen
     assert len(lines) == case.lines, err
     # a refusal or failure is the last line, after any notices; a success's notice is the first
     first = lines[-1] if case.code in (2, 3, 4) else lines[0]
@@ -365,10 +706,194 @@ def test_refusal(case: Case, template, tmp_path, monkeypatch, capsys):
     after = tree(root)
     assert {k: after.get(k) for k in before if k not in case.changes} == \
         {k: v for k, v in before.items() if k not in case.changes}
+    if case.code == 2:  # a refusal writes nothing, not even an empty folder
+        assert set(after) - set(before) - set(case.changes) == set()
     assert not (folder / "pwned").exists()
     lock = getattr(case.setup, "lock", None)
     if lock:
         lock.release()
+
+
+# --- the last line of defence: an exception nobody foresaw ------------------------------------
+
+@dataclass
+class Fault:
+    name: str
+    command: tuple[str, ...]
+    target: tuple[object, str]  # (module or class, attribute) made to raise
+    details: str  # where the traceback goes: a folder of the workspace, or "tmp"
+    changes: tuple[str, ...] = ()
+
+
+FAULTS = [
+    Fault("training", ("main_sym.py", "--call_prefix", "0", "--load_prefix", "0",
+                       "--niterations", "4"),
+          (train.Trainer, "device_iteration"), "mnist-ladder/logs",
+          changes=("mnist-ladder/logs/log-0.txt",)),
+    Fault("generate.py", ("generate.py", "--call_prefix", "0"), (generate, "limiting"),
+          "mnist-ladder/logs"),
+    Fault("generate_data.py", ("generate_data.py", "--call_prefix", "0"),
+          (export, "image_chunks"), "mnist-ladder/logs", changes=("mnist-ladder/generated_data",)),
+    Fault("FID", ("symvae.fid", "--call_prefix", "0"), (fid, "frechet_distance"),
+          "mnist-ladder/logs", changes=("data/fid_stats", "data/fid_stats/MNIST-bin0.4375-n4-pool3.npz")),
+    Fault("plot", ("symvae.plot", "--call_prefix", "0"), (plot, "save_figures"),
+          "mnist-ladder/logs"),
+    Fault("convert", ("symvae.convert", "--to", "authors", "models/m_0.pt", "authors.pt"),
+          (convert, "to_authors"), "tmp"),
+    Fault("reproduce", ("symvae.reproduce", "--dry-run"),
+          (reproduce, "build_rows"), "tmp"),
+]
+
+
+def run_tool(command: tuple[str, ...], folder: Path, data: Path, monkeypatch) -> int:
+    """A command as the table of refusals runs it."""
+    return run_case(Case("", command, 0, ""), folder, data, monkeypatch)
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+def test_an_unforeseen_exception_is_one_line_and_a_file(fault: Fault, template, tmp_path,
+                                                        monkeypatch, capsys):
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug\nover two lines")
+    monkeypatch.setattr(*fault.target, broken)
+    before = tree(root)
+    code = run_tool(fault.command, folder, data, monkeypatch)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # no bars
+    assert code == entry.UNEXPECTED == 70, err
+    assert "Traceback" not in err and sum(line.startswith("error") for line in lines) == 1, err
+    assert lines[-1].startswith("error: unexpected ZeroDivisionError: a bug; details in "), err
+    where = temp if fault.details == "tmp" else root / fault.details
+    (details,) = where.glob("*.txt") if fault.details == "tmp" else where.glob("error-*.txt")
+    assert str(details) in lines[-1]
+    text = details.read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text
+    after = tree(root)
+    assert {k: after.get(k) for k in before if k not in fault.changes} == \
+        {k: v for k, v in before.items() if k not in fault.changes}
+    new = set(after) - set(before) - set(fault.changes)
+    assert new <= {os.path.relpath(details, root)}, new  # nothing half-written is left
+
+
+def test_a_command_inside_another_keeps_the_outer_details_place(tmp_path, monkeypatch, capsys):
+    """reproduce runs training in-process: a failure after a stage is filed beside its own."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    for name in ("outer", "inner"):
+        (tmp_path / name).mkdir()
+
+    def inner() -> int:
+        entry.details_beside(tmp_path / "inner", "error-inner")
+        return 0
+
+    def outer() -> int:
+        entry.details_beside(tmp_path / "outer", "error-outer")
+        assert entry.guarded(inner, "inner") == 0
+        raise RuntimeError("after the stage")
+    assert entry.guarded(outer, "outer") == entry.UNEXPECTED
+    (details,) = (tmp_path / "outer").glob("error-outer-*.txt")
+    assert str(details) in capsys.readouterr().err
+    assert not list((tmp_path / "inner").iterdir())
+
+
+@pytest.mark.parametrize("command, target", [
+    (("symvae.convert", "--to", "authors", "models/m_0.pt", "authors.pt"),
+     (convert, "to_authors")),
+    (("symvae.plot", "--call_prefix", "0"), (plot, "save_figures")),
+])
+def test_ctrl_c_that_a_tool_does_not_handle_is_one_line(command, target, template, tmp_path,
+                                                        monkeypatch, capsys):
+    root = workspace(template, tmp_path / "ws")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(*target, interrupted)
+    before = tree(root)
+    code = run_tool(command, root / "mnist-ladder", root / "data", monkeypatch)
+    assert code == 130
+    assert capsys.readouterr().err.startswith("SIGINT: stopped; files written before are complete")
+    assert tree(root) == before
+
+
+def test_generate_data_clears_what_an_earlier_run_left_whatever_it_is(template, tmp_path,
+                                                                     monkeypatch):
+    """A leftover .m.old (here a link, as an earlier version left one) does not stop a run."""
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    linked_mode(folder, data, monkeypatch)
+    (folder / "generated_data" / "m").rename(folder / "generated_data" / ".m.old")
+    case = Case("", ("generate_data.py", "--call_prefix", "0"), 0, "")
+    for _ in range(2):  # the second run replaces the set the first made
+        assert run_case(case, folder, data, monkeypatch) == 0
+    assert sorted(p.name for p in (folder / "generated_data").iterdir()) == ["m"]
+    assert (folder / "elsewhere").is_dir()  # the link's target is not touched
+
+
+def test_plot_skips_log_lines_beyond_any_plot(template, tmp_path, monkeypatch, capsys):
+    root = workspace(template, tmp_path / "ws")
+    folder = root / "mnist-ladder"
+    with open(folder / "logs" / "log-0.txt", "a") as log:
+        log.write("time: 9.0 count: 3 len: 1 ploss1: 1e308\ntime: 9.5 count: 4 len: 1e300\n")
+    with pytest.warns(UserWarning, match="log-0.txt:.*not a `name: value ...` log line"):
+        assert run_tool(("symvae.plot", "--call_prefix", "0"), folder, root / "data",
+                        monkeypatch) == 0
+    assert (folder / "images" / "plot_losses_0.png").is_file()
+
+
+def test_bit_rot_that_keeps_size_and_time_is_found_by_a_full_check(template, tmp_path,
+                                                                    monkeypatch, capsys):
+    """A load trusts a file whose size and modification time it has seen verified (README);
+    `symvae.data fetch --verify` reads every file in full and names the damaged one."""
+    from symvae import fetch
+    root = workspace(template, tmp_path / "ws")
+    raw = root / "data" / "MNIST" / "raw"
+    assert fetch.main(["--verify", "--root", str(root / "data"), "mnist"]) == 0
+    assert "4 raw files match their checksums" in capsys.readouterr().out
+    path = raw / "t10k-images-idx3-ubyte"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fetch.main(["--verify", "--root", str(root / "data"), "mnist"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "t10k-images-idx3-ubyte is damaged (md5 " in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_digest_cache_of_the_wrong_form_is_checked_in_full(template, tmp_path, monkeypatch):
+    root = workspace(template, tmp_path / "ws")
+    raw = root / "data" / "MNIST" / "raw"
+    (raw / ".verified.json").write_text('{"t10k-images-idx3-ubyte": 5, "x": "y"}')
+    case = Case("", ("generate_data.py", "--call_prefix", "0"), 0, "")
+    assert run_case(case, root / "mnist-ladder", root / "data", monkeypatch) == 0
+    cache = json.loads((raw / ".verified.json").read_text())
+    assert all(isinstance(v, list) and len(v) == 3 for v in cache.values())
+
+
+@pytest.mark.slow  # two Inception networks on the CPU: minutes on a busy 2-core machine
+def test_fid_of_two_folders_is_pytorch_fids(template, tmp_path, monkeypatch, capsys):
+    """`symvae.fid DIR DIR` on generate_data.py's sets gives pytorch-fid's own number."""
+    if not fid.weights_path().is_file():
+        pytest.skip("pytorch-fid's Inception weights are not in the torch hub")
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    case = Case("", ("generate_data.py", "--call_prefix", "0", "--n", "6"), 0, "")
+    assert run_case(case, folder, data, monkeypatch) == 0
+    sets = [str(folder / "generated_data" / "m" / s) for s in ("images", "lim_images")]
+    capsys.readouterr()
+    monkeypatch.chdir(folder)
+    assert fid.main([*sets, "--device", "cpu", "--feature_bs", "6"]) == 0
+    ours = float(capsys.readouterr().out.split()[1].rstrip(":"))
+    theirs = calculate_fid_given_paths(sets, batch_size=6, device="cpu", dims=2048,
+                                       num_workers=0)
+    assert ours == pytest.approx(theirs, rel=1e-3, abs=1e-3)
 
 
 def test_full_disk_keeps_the_checkpoint_and_logs_the_stop(template, tmp_path, monkeypatch):
@@ -382,6 +907,19 @@ def test_full_disk_keeps_the_checkpoint_and_logs_the_stop(template, tmp_path, mo
     last = (folder / "logs" / "log-n.txt").read_text().splitlines()[-1]
     assert last.startswith("# stopped: cannot write") and "No space left on device" in last
     assert not list((folder / "models").glob(".m_n.pt.tmp*"))
+
+
+def test_overwrite_starts_the_tag_afresh(template, tmp_path, monkeypatch):
+    """The refused fresh run goes ahead with --overwrite: the earlier log is replaced whole."""
+    root = workspace(template, tmp_path / "ws")
+    folder, data = root / "mnist-ladder", root / "data"
+    checkpoint_gone("logs/log-0.txt")(folder, data, monkeypatch)
+    (folder / "logs" / "log-0.txt").write_text("count: 999 earlier history\n")
+    case = Case("", ("main_sym.py", "--call_prefix", "0", "--niterations", "1", "--overwrite"),
+                0, "")
+    assert run_case(case, folder, data, monkeypatch) == 0
+    assert "earlier history" not in (folder / "logs" / "log-0.txt").read_text()
+    assert ckpt_io.load(folder / "models" / "m_0.pt")["count"] == 1
 
 
 # --- real processes --------------------------------------------------------------------------

@@ -383,3 +383,57 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(
     assert state["stages"]["train"]["iterations"] == 60 and set(state["stages"]) == set(STAGES)
     assert "# resumed from" in log.read_text()
     assert "Requeued job" in "".join(p.read_text() for p in folder.glob("*_log.*"))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_runner_stops_its_submitit_local_jobs(data_root: Path, tmp_path: Path,
+                                                           stop: signal.Signals):
+    """SIGTERM or SIGINT to the runner alone (not its process group): one line, the
+    conventional status, and no job process is left training."""
+    out = tmp_path / "results"
+    flags = smoke_flags(data_root, out, "--experiments", "mnist-ladder", "--methods", "sym",
+                        "--executor", "submitit-local", "--niterations", "100000",
+                        "--save_period", "10", "--log_period", "10")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "symvae.reproduce", *flags], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out / "smoke" / "mnist-ladder-sym-s0" / "logs" / "log-sym-s0.txt"
+    deadline = time.time() + 600
+    while log_count(log) < 20 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    jobs = descendants(proc.pid)
+    assert jobs, "no job processes started"
+    proc.send_signal(stop)
+    _, err = proc.communicate(timeout=300)
+    left = [p for p in jobs if alive(p)]
+    for pid in left:  # do not leave them behind when the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"job processes {left} outlived the runner"
+    assert proc.returncode == 128 + stop, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith(f"{stop.name}: stopped, and the rows' jobs with it"), err
+    assert "# stopped by SIGTERM" in log.read_text()  # the job saved its checkpoint first
