@@ -44,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; choose from {', '.join(COMMANDS)} "
               "(symvae --help)", file=sys.stderr)
         return 2
+    from symvae.entry import guarded
     module = importlib.import_module(COMMANDS[name][0])
     sys.argv[0] = f"symvae {name}"  # the command's usage lines name it as typed
-    return module.main(rest)
+    # the outer handler every entry point has (those whose main() carries it keep theirs)
+    return guarded(lambda: module.main(rest), module.__name__.rsplit(".", 1)[1])
 
 
 if __name__ == "__main__":

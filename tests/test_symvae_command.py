@@ -43,3 +43,16 @@ def test_the_installed_console_script_and_python_m(tmp_path):
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                               check=False, env={"PYTHONPATH": str(REPO), "PATH": ""})
         assert proc.returncode == 0 and "gpu-check" in proc.stdout, proc.stderr
+
+
+def test_an_unforeseen_failure_is_one_line_through_the_command(monkeypatch, capsys, tmp_path):
+    """bench's main() carries no handler of its own: the command gives it the outer one."""
+    from symvae import bench, entry
+
+    def broken(argv):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(bench, "main", broken)
+    monkeypatch.setattr(entry.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert main(["bench"]) == entry.UNEXPECTED
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected ZeroDivisionError" in err
