@@ -74,8 +74,8 @@ PRESETS = {p.name: p for p in (
     Preset("quick", "mnist-ladder on a 2-core CPU in about 80 minutes", ("mnist-ladder",),
            replace(README, niterations=5000, bs=64, n=1000, chain_steps=100, fid_bs=500,
                    save_period=500)),
-    # About 8 minutes for mnist-ladder's two rows on one H100 by the assumed GPU rates below.
-    Preset("gpu", "mnist-ladder in about 8 minutes on one H100", ("mnist-ladder",),
+    # About 8 minutes for mnist-ladder's two rows on one H200 by the GPU rates measured below.
+    Preset("gpu", "mnist-ladder in about 8 minutes on one H200", ("mnist-ladder",),
            replace(README, niterations=15_000, n=10_000, feature_bs=500)),
     # The 64 features of Inception's first block: a FID of 2048 features costs two matrix
     # square roots of 2048 x 2048 (about 20 s each on the 2-core CPU), whatever the image count.
@@ -133,11 +133,11 @@ CPU_STEP = {
 # CPU rates of the FID stage (README "FID scores"): Inception images/s, and image-steps/s
 # of the limiting chains.
 CPU_INCEPTION, CPU_CHAIN = 5.0, 400.0
-# GPU: ASSUMED, not measured (no GPU has timed this code yet): 10 ms per symmetric iteration
-# and 8 ms per ELBO iteration at batch 1024 on an H100 (the benchmark's target), Inception
-# 2,000 images/s, chains 500,000 image-steps/s.
-GPU_STEP_1024 = {"sym": 0.010, "elbo": 0.008}
-GPU_INCEPTION, GPU_CHAIN = 2000.0, 500_000.0
+# GPU: measured on one H200 (docs/bench-gpu.md, 2026-12-04, mnist-ladder): 11.4 ms per
+# symmetric and 8.9 ms per ELBO iteration at batch 1024 replayed, Inception 0.18 ms per image
+# at batch 500, limiting chains about 450,000 image-steps/s at 10,000 chains.
+GPU_STEP_1024 = {"sym": 0.0114, "elbo": 0.0089}
+GPU_INCEPTION, GPU_CHAIN = 5500.0, 450_000.0
 GRID_IMAGES = 40  # generate.py's default grid
 
 

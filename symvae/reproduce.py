@@ -202,7 +202,7 @@ def check_default_preset(args: argparse.Namespace, opts: Options, make_rows) -> 
         return
     fit = [f"{name} ~{duration(t)}" for name in PRESETS
            if name != DEFAULT_PRESET and (t := seconds(name)) <= ASK_HOURS * 3600]
-    where = "by the assumed GPU rates" if gpu else "on this CPU"
+    where = "by the GPU rates measured on an H200" if gpu else "on this CPU"
     fits = (f"within {ASK_HOURS} h here: {', '.join(fit)}" if fit else
             f"none fits in {ASK_HOURS} h here; --dry-run shows each preset's estimate")
     fail(f"no --preset given: the default, {DEFAULT_PRESET} (the authors' settings), is "
