@@ -179,6 +179,45 @@ def command(point: Point, seed: int, args: argparse.Namespace) -> list[str]:
             "--save_period", str(args.cap), "--no_progress", "--overwrite"]
 
 
+class Adopted:
+    """A run started elsewhere (by an earlier sweep), watched and stopped like our own."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        try:  # a zombie (state Z) has ended too: its new parent may never reap it
+            alive = Path(f"/proc/{self.pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except (OSError, IndexError):
+            alive = False
+        if alive:
+            return None
+        self.returncode = -1  # not our child: its exit status is not ours to read
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def parse_adopted(text: str) -> tuple[str, int]:
+    try:
+        name, pid = text.split(":")
+        return name, int(pid)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want TAG:PID") from None
+
+
+def should_stop(log: Path, cap: int) -> bool:
+    """Stop a run once its onset is confirmed or its log reaches `cap` updates."""
+    if not log.exists():
+        return False
+    rows = read_log(log, authors=False)
+    return bool(rows) and (max(rows) >= cap or sustained(rows, qmi1_on) is not None)
+
+
 def deadline(text: str | None) -> float:
     if not text:
         return math.inf
@@ -193,15 +232,18 @@ def sweep(args: argparse.Namespace) -> int:
     queue = [(p, s) for s in args.seeds for p in args.points]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     stop_time = deadline(args.stop_at)
-    running: dict[str, tuple[subprocess.Popen, Path]] = {}
+    running: dict[str, tuple[subprocess.Popen | Adopted, Path]] = {
+        name: (Adopted(pid), out / name / "logs" / f"log-{name}.txt")
+        for name, pid in args.adopt}
+    adopted = set(running)
+    queue = [(p, s) for p, s in queue if tag(p, s) not in adopted]
     print(f"{len(queue)} runs, {args.jobs} at a time, cap {args.cap} updates", flush=True)
     while queue or running:
         for name, (proc, log) in list(running.items()):
             if proc.poll() is not None:
                 print(f"{time.strftime('%H:%M:%S')} {name} ended ({proc.returncode})", flush=True)
                 del running[name]
-            elif time.time() > stop_time or (
-                    log.exists() and sustained(read_log(log, authors=False), qmi1_on)):
+            elif time.time() > stop_time or should_stop(log, args.cap):
                 proc.send_signal(signal.SIGTERM)  # the run saves and logs where it stopped
         if time.time() > stop_time:
             queue.clear()
@@ -234,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--nice", type=int, default=15)
     r.add_argument("--poll", type=float, default=20.0, help="seconds between looks at the logs")
     r.add_argument("--stop_at", default=None, help="UTC HH:MM: stop every run then")
+    r.add_argument("--adopt", type=parse_adopted, nargs="*", default=[], metavar="TAG:PID",
+                   help="runs of an earlier sweep still going: watched, stopped at the cap, "
+                        "and counted against --jobs")
     t = sub.add_parser("table", help="the onset table from logs")
     t.add_argument("logs", type=Path, nargs="*", help="our logs (settings from their header)")
     t.add_argument("--theirs", type=Path, nargs="*", default=[], help="the authors' logs")
