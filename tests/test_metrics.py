@@ -1,14 +1,17 @@
 """KID, precision/recall and the importance-sampled log-likelihood against direct computations."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from symvae import metrics
+from symvae import loglik, metrics
+from symvae.cli import seed_everything
 from symvae.exact import joints
+from symvae.experiment import load_model_class
 from symvae.toy import ToyData, ToyLadder, ToyReverse
 
 
@@ -120,3 +123,30 @@ def test_importance_sampling_converges_to_the_exact_log_likelihood(model_cls):
 def test_mean_se():
     mean, se = metrics.mean_se(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+def test_loglik_command_records_the_estimate_over_the_last_images(experiment_copy, data_root,
+                                                                  monkeypatch, capsys):
+    from test_fid import save_untrained
+    folder = experiment_copy("mnist-ladder")
+    save_untrained(folder, "s")
+    monkeypatch.chdir(folder)
+    argv = ["--call_prefix", "s", "--nz0", "4", "--nz1", "8", "--k", "3", "--n", "8",
+            "--bs", "3", "--seed", "5", "--device", "cpu", "--data_root", str(data_root)]
+    assert loglik.main(argv) == 0
+    record = json.loads((folder / "loglik_results.json").read_text())[-1]
+    assert (record["label"], record["k"], record["n"]) == ("sym/s", 3, 8)
+    assert f"{record['loglik']:.3f} ± {record['loglik_se']:.3f}" in capsys.readouterr().out
+    # the same figure from the library, with the same draws
+    model_cls = load_model_class(folder)
+    model = model_cls(4, 8)
+    model.load_state_dict(torch.load(folder / "models" / "m_s.pt")["model"])
+    data = model_cls.dataset.load(data_root, torch.device("cpu"))
+    seed_everything(5)
+    values = metrics.importance_log_likelihood(model.eval(), data.as_float(data.images[-8:]), 3, 3)
+    assert (record["loglik"], record["loglik_se"]) == pytest.approx(metrics.mean_se(values))
+    assert loglik.main(argv) == 0  # a second record, the first kept
+    assert len(json.loads((folder / "loglik_results.json").read_text())) == 2
+    with pytest.raises(SystemExit) as stop:
+        loglik.main([*argv, "--n", "10001"])
+    assert stop.value.code == 2 and "--n 10001" in capsys.readouterr().err
