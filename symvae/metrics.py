@@ -36,6 +36,9 @@ KID_MIN_BLOCKS = 10  # blocks at least, for a standard error from their spread
 PR_K = 3  # nearest neighbour that sets a point's radius (Kynkäänniemi et al.)
 METRIC_IMAGES = 10_000  # images per set that KID and precision/recall use at most
 DIST_CHUNK = 2048  # rows of a distance matrix at a time
+SET_FIGURES = ("kid", "kid_se", "precision", "recall")  # per image set, beside its FID
+# results-record fields of the score command (symvae.fid): {set}_{figure}, and metric_n
+RECORD_FIGURES = tuple(f"{s}_{f}" for s in ("random_code", "limiting") for f in SET_FIGURES)
 
 
 def _float(x: Tensor) -> Tensor:
