@@ -91,7 +91,17 @@ def header_setting(path: Path) -> tuple[str, str, str]:
     text = path.read_text(errors="replace")
     first = next((ln for ln in text.splitlines() if ln.startswith("# sym ")), "")
     found = [re.search(rf"--{flag} (\S+)", first) for flag in ("stepsize", "bs", "seed")]
-    return tuple(m.group(1) if m else "?" for m in found)
+    step, bs, seed = (m.group(1) if m else "?" for m in found)
+    return step_text(step), bs, seed
+
+
+def step_text(step: str) -> str:
+    """A step size as the table writes it: 0.0001 and 1e-4 both as 1e-4."""
+    try:
+        mantissa, exponent = f"{float(step):.0e}".split("e")
+    except ValueError:
+        return step
+    return f"{mantissa}e{int(exponent)}"
 
 
 def end_note(path: Path) -> str:
