@@ -115,6 +115,17 @@ def end_note(path: Path) -> str:
     return "running" if not last.startswith("# stopped") else "failed"
 
 
+def onset_text(rows: Rows, onset: int | None, above: callable) -> str:
+    """The onset, or `none by LAST`, or `above since U, unconfirmed` when the criterion holds
+    from U to the end of a log too short to confirm it."""
+    if onset is not None:
+        return str(onset)
+    since = sustained(rows, above, hold=0)
+    if since is not None:
+        return f"above since {since}, unconfirmed at {max(rows)}"
+    return f"none by {max(rows)}"
+
+
 def run_row(rows: Rows) -> dict[str, str]:
     """The table's figures for one run."""
     if not rows:
@@ -125,8 +136,8 @@ def run_row(rows: Rows) -> dict[str, str]:
     peak = max(rows, key=lambda c: rows[c].get("qmi1", 0.0))
     g = lambda c, n: rows[c].get(n, float("nan"))
     return {
-        "onset": str(onset) if onset is not None else f"none by {last}",
-        "z0": str(z0) if z0 is not None else f"none by {last}",
+        "onset": onset_text(rows, onset, qmi1_on),
+        "z0": onset_text(rows, z0, z0_on),
         "peak qmi1 (at)": f"{g(peak, 'qmi1'):.3f} ({peak})",
         "final qmi1": f"{g(last, 'qmi1'):.3f}",
         "max qmi0": f"{max(r.get('qmi0', 0.0) for r in rows.values()):.2g}",
@@ -158,7 +169,8 @@ def table(args: argparse.Namespace) -> int:
         row.update({"step:batch": setting, "seed": seed, "code": code, "end": end_note(path)})
         print("| " + " | ".join(row.get(c, "–") for c in cols) + " |")
     print(f"\nonset: first logged update from which qmi1 > {QMI1_ONSET} on every later line, "
-          f"for at least {HOLD} updates; z0: the same with qloss0 < log 2 - {QLOSS0_MARGIN}")
+          f"for at least {HOLD} updates; z0: the same with qloss0 < log 2 - {QLOSS0_MARGIN}; "
+          "unconfirmed: the criterion holds to the end of a log too short to confirm it")
     return 0
 
 
