@@ -149,6 +149,23 @@ def run_row(rows: Rows) -> dict[str, str]:
     }
 
 
+def bit_figures(log: Path) -> dict[str, str]:
+    """From the per-bit MI files the run wrote beside its log at its last save (statq1-TAG,
+    statq0-TAG: q's mutual information of each bit with x, nats): how many z1 bits carry
+    more than 0.1 nats, and the sums over the bits of z1 and of z0."""
+    tag = log.stem.removeprefix("log-")
+    out = {}
+    for group, name in (("q1", "z1"), ("q0", "z0")):
+        path = log.parent / f"stat{group}-{tag}.txt"
+        if not path.is_file():
+            continue
+        bits = [float(v) for v in path.read_text().split()]
+        out[f"sum MI {name}"] = f"{sum(bits):.2f}"
+        if group == "q1":
+            out["z1 bits > 0.1"] = str(sum(b > QMI1_ONSET for b in bits))
+    return out
+
+
 def table(args: argparse.Namespace) -> int:
     entries = []
     for path in args.logs:
@@ -161,16 +178,19 @@ def table(args: argparse.Namespace) -> int:
     entries.sort(key=lambda e: (float(e[0].split(":")[1]), float(e[0].split(":")[0]),
                                 e[2], e[1]))
     cols = ["step:batch", "seed", "code", "end", "onset", "z0", "peak qmi1 (at)", "final qmi1",
-            "max qmi0", "final qmi0", "min qloss0", "final qloss0", "final ploss1"]
+            "max qmi0", "final qmi0", "min qloss0", "final qloss0", "final ploss1",
+            "z1 bits > 0.1", "sum MI z1", "sum MI z0"]
     print("| " + " | ".join(cols) + " |")
     print("|" + " --- |" * len(cols))
     for setting, seed, code, path, rows in entries:
-        row = run_row(rows)
-        row.update({"step:batch": setting, "seed": seed, "code": code, "end": end_note(path)})
+        end = end_note(path)
+        row = run_row(rows) | (bit_figures(path) if end != "running" else {})  # saved at 0
+        row.update({"step:batch": setting, "seed": seed, "code": code, "end": end})
         print("| " + " | ".join(row.get(c, "–") for c in cols) + " |")
     print(f"\nonset: first logged update from which qmi1 > {QMI1_ONSET} on every later line, "
           f"for at least {HOLD} updates; z0: the same with qloss0 < log 2 - {QLOSS0_MARGIN}; "
-          "unconfirmed: the criterion holds to the end of a log too short to confirm it")
+          "unconfirmed: the criterion holds to the end of a log too short to confirm it; "
+          "the last three columns (nats) from the per-bit MI files at the run's last save")
     return 0
 
 
