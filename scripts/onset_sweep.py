@@ -244,12 +244,12 @@ class Adopted:
             pass
 
 
-def parse_adopted(text: str) -> tuple[str, int]:
+def parse_adopted(text: str) -> tuple[str, int, int | None]:
     try:
-        name, pid = text.split(":")
-        return name, int(pid)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: want TAG:PID") from None
+        name, pid, *cap = text.split(":")
+        return name, int(pid), int(cap[0]) if cap else None
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r}: want TAG:PID or TAG:PID:CAP") from None
 
 
 def should_stop(log: Path, cap: int) -> bool:
@@ -276,7 +276,8 @@ def sweep(args: argparse.Namespace) -> int:
     stop_time = deadline(args.stop_at)
     running: dict[str, tuple[subprocess.Popen | Adopted, Path]] = {
         name: (Adopted(pid), out / name / "logs" / f"log-{name}.txt")
-        for name, pid in args.adopt}
+        for name, pid, _ in args.adopt}
+    caps = {name: cap for name, _, cap in args.adopt if cap is not None}
     adopted = set(running)
     queue = [(p, s) for p, s in queue if tag(p, s) not in adopted]
     print(f"{len(queue)} runs, {args.jobs} at a time, cap {args.cap} updates", flush=True)
@@ -285,7 +286,7 @@ def sweep(args: argparse.Namespace) -> int:
             if proc.poll() is not None:
                 print(f"{time.strftime('%H:%M:%S')} {name} ended ({proc.returncode})", flush=True)
                 del running[name]
-            elif time.time() > stop_time or should_stop(log, args.cap):
+            elif time.time() > stop_time or should_stop(log, caps.get(name, args.cap)):
                 proc.send_signal(signal.SIGTERM)  # the run saves and logs where it stopped
         if time.time() > stop_time:
             queue.clear()
@@ -318,9 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--nice", type=int, default=15)
     r.add_argument("--poll", type=float, default=20.0, help="seconds between looks at the logs")
     r.add_argument("--stop_at", default=None, help="UTC HH:MM: stop every run then")
-    r.add_argument("--adopt", type=parse_adopted, nargs="*", default=[], metavar="TAG:PID",
-                   help="runs of an earlier sweep still going: watched, stopped at the cap, "
-                        "and counted against --jobs")
+    r.add_argument("--adopt", type=parse_adopted, nargs="*", default=[],
+                   metavar="TAG:PID[:CAP]",
+                   help="runs of an earlier sweep still going: watched, stopped at their CAP "
+                        "(default --cap), and counted against --jobs")
     t = sub.add_parser("table", help="the onset table from logs")
     t.add_argument("logs", type=Path, nargs="*", help="our logs (settings from their header)")
     t.add_argument("--theirs", type=Path, nargs="*", default=[], help="the authors' logs")
