@@ -2,9 +2,9 @@
 
     python scripts/onset_sweep.py run --out DIR [--points 3e-4:64 1e-3:64 3e-3:64]
         [--seeds 1 2 3] [--cap 3000] [--log_period 50] [--jobs 2] [--nice 15] [--stop_at 18:25]
-    python scripts/onset_sweep.py table LOG... [--theirs LOG...] [--cap N] [--markdown]
+    python scripts/onset_sweep.py table LOG... [--theirs LOG...] [--theirs_setting 1e-4:64]
 
-`run` trains our main_sym.py (batch size and Adam step size from each point, the seed's
+`run` trains our main_sym.py (batch size and Adam step size from each point, the authors'
 network sizes nz0 30, nz1 100), one thread per run and at most --jobs runs at a time, each
 under `nice` in its own copy of the experiment folder DIR/TAG (TAG `lr{step}-bs{batch}-s{seed}`).
 Seeds vary fastest-last: every point's first seed runs before any point's second, so a cut
