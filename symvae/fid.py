@@ -10,7 +10,11 @@ Inception network as pytorch-fid reads the PNG files (8-bit, grey copied to RGB,
 /255), and compares their pool3 statistics with those of the first --n data
 images, cached once per dataset and size as a pytorch-fid .npz (keys mu, sigma).
 The row is printed in the format of the authors' table and appended to fid_results.md
-and fid_results.json in the folder.
+and fid_results.json in the folder. Beside each FID it prints and records, from the
+same features of at most 10,000 images per set, KID with its standard error and
+precision and recall (symvae.metrics): FID from few images is biased upward by an
+amount that depends on their number, KID is not, and recall shows a chain that
+collapsed onto a few modes.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from symvae.entry import cannot_write, details_beside, parse_args
 from symvae.experiment import load_model_class
 from symvae.export import image_chunks
 from symvae.generate import load_trained
+from symvae.metrics import METRIC_IMAGES, set_figures
 from symvae.sampling import to_uint8
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid loads from the hub
@@ -53,8 +58,11 @@ DIMS = (64, 192, 768, POOL3)  # the feature blocks of pytorch-fid's Inception (i
 # Measured on the 2-core CPU (see README): channels_last runs Inception faster there.
 CHANNELS_LAST_ON_CPU = True
 RESULTS = ("fid_results.md", "fid_results.json")
-TABLE_HEAD = ("| method/tag | random code FID | limiting FID | n | chain steps | date |\n"
-              "| --- | --- | --- | --- | --- | --- |\n")
+TABLE_HEAD = ("| method/tag | random code FID | limiting FID | n | chain steps | date "
+              "| random code KID | limiting KID | random code precision / recall "
+              "| limiting precision / recall |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+SETS = ("random_code", "limiting")
 
 Features = Callable[[Tensor], Tensor]  # [B,3,H,W] in [0,1] -> features [B,D]
 
@@ -146,17 +154,23 @@ def inception_features(device: torch.device, dims: int = POOL3) -> Features:
 
 class FeatureStats:
     """Running mean and covariance of feature vectors, in float64 like pytorch-fid's
-    np.mean / np.cov; sums are taken around the first batch's mean to keep them exact."""
+    np.mean / np.cov; sums are taken around the first batch's mean to keep them exact.
+    The first `keep` feature vectors themselves are kept too (float32), for KID and
+    precision/recall."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 0) -> None:
         self.n = 0
         self.shift = self.sum = self.outer = None
+        self.keep, self.kept_rows = keep, []
 
     def add(self, feats: Tensor) -> None:
         # sums stay on the GPU (the outer products would slow a fast GPU down on the host);
         # MPS has no float64, so they go to the CPU there
         device = "cpu" if feats.device.type == "mps" else feats.device
         f = feats.detach().to(device, torch.float64)
+        room = self.keep - sum(map(len, self.kept_rows))
+        if room > 0:
+            self.kept_rows.append(feats.detach()[:room].to(device, torch.float32))
         if self.shift is None:
             self.shift = f.mean(0)
             self.sum = torch.zeros_like(self.shift)
@@ -166,6 +180,10 @@ class FeatureStats:
         self.n += len(d)
         self.sum += d.sum(0)
         self.outer += d.T @ d
+
+    def kept(self) -> Tensor:
+        """The first `keep` feature vectors added (fewer if fewer were added), [m, D]."""
+        return torch.cat(self.kept_rows) if self.kept_rows else torch.zeros(0, 0)
 
     def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, unbiased covariance) of all features added; needs at least 2."""
@@ -187,49 +205,86 @@ def image_statistics(chunks: Iterable[Tensor], features: Features, bs: int,
                      on_images: Callable[[int], None] | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the features of a stream of image chunks [N,1,H,W] in [0,1]."""
-    stats = FeatureStats()
+    stats = feature_stats(chunks, features, bs, on_images)
+    return stats.mu_sigma()
+
+
+def feature_stats(chunks: Iterable[Tensor], features: Features, bs: int,
+                  on_images: Callable[[int], None] | None = None, keep: int = 0
+                  ) -> FeatureStats:
+    """The FeatureStats of a stream of image chunks, keeping the first `keep` features."""
+    stats = FeatureStats(keep)
     for chunk in chunks:
         add_images(stats, chunk, features, bs)
         if on_images:
             on_images(len(chunk))
-    return stats.mu_sigma()
+    return stats
 
 
 def data_statistics(dataset: Dataset, data: DeviceData, n: int, cache_dir: Path,
                     features: Features, bs: int, kind: str = "pool3",
                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the first n data images, from CACHE_DIR's .npz when it matches.
+    """(mu, sigma) of the first n data images, from CACHE_DIR's .npz when it matches."""
+    mu, sigma, _ = data_reference(dataset, data, n, cache_dir, features, bs, 0, kind, progress)
+    return mu, sigma
+
+
+def data_reference(dataset: Dataset, data: DeviceData, n: int, cache_dir: Path,
+                   features: Features, bs: int, keep: int, kind: str = "pool3",
+                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, Tensor]:
+    """(mu, sigma) of the first n data images and the features of the first `keep` of them
+    [keep, D] float32, from CACHE_DIR's .npz when it matches.
 
     The file is pytorch-fid's format (mu, sigma; usable as `python -m pytorch_fid
     FILE.npz DIR`) plus the digest of the images it was computed from, so a
-    changed data set is never scored against stale statistics.
+    changed data set is never scored against stale statistics, and the kept features
+    (key `features`) when some were asked for.
     """
     name = dataset.name + (f"-bin{dataset.threshold}" if dataset.threshold is not None else "")
     path = cache_dir / f"{name}-n{n}-{kind}.npz"
     images = data.images[:n]
     digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                if "digest" in f.files and str(f["digest"]) == digest:
-                    return f["mu"], f["sigma"]
-        except Exception as err:  # noqa: BLE001 - a damaged cache is computed afresh
-            print(f"{path}: unreadable cached statistics ({type(err).__name__}); computing them "
-                  "again", file=sys.stderr)
-    bar = tqdm(total=n, unit="img", desc=f"data statistics {name}", disable=not progress)
+    cached = read_cache(path, digest)
     step = max(bs, 1000)
-    mu, sigma = image_statistics((data.as_float(images[i:i + step]) for i in range(0, n, step)),
-                                 features, bs, bar.update)
+    chunks = (data.as_float(images[i:i + step]) for i in range(0, n, step))
+    if cached and len(cached.get("features", ())) >= keep:
+        kept = cached.get("features", np.zeros((0, 0), np.float32))[:keep]
+        return cached["mu"], cached["sigma"], torch.from_numpy(kept)
+    if cached:  # statistics without (enough) features: only the kept images again
+        bar = tqdm(total=keep, unit="img", desc=f"data features {name}", disable=not progress)
+        kept = feature_stats((data.as_float(images[i:i + step]) for i in range(0, keep, step)),
+                             features, bs, bar.update, keep).kept()
+        mu, sigma = cached["mu"], cached["sigma"]
+    else:
+        bar = tqdm(total=n, unit="img", desc=f"data statistics {name}", disable=not progress)
+        stats = feature_stats(chunks, features, bs, bar.update, keep)
+        (mu, sigma), kept = stats.mu_sigma(), stats.kept()
     bar.close()
+    fields = {"mu": mu, "sigma": sigma, "digest": digest}
+    if keep:
+        fields["features"] = kept.cpu().numpy()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.atomic_write(path, lambda f: np.savez_compressed(f, mu=mu, sigma=sigma,
-                                                                 digest=digest))
+        ckpt_io.atomic_write(path, lambda f: np.savez_compressed(f, **fields))
         print(f"cached the data statistics in {path}", file=sys.stderr)
     except OSError as err:
         print(f"could not cache the data statistics in {path} ({err}); computed afresh next time",
               file=sys.stderr)
-    return mu, sigma
+    return mu, sigma, kept.cpu()
+
+
+def read_cache(path: Path, digest: str) -> dict[str, np.ndarray] | None:
+    """The cached arrays of `path` when it holds statistics of the images with `digest`."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            if "digest" in f.files and str(f["digest"]) == digest:
+                return {k: f[k] for k in f.files}
+    except Exception as err:  # noqa: BLE001 - a damaged cache is computed afresh
+        print(f"{path}: unreadable cached statistics ({type(err).__name__}); computing them "
+              "again", file=sys.stderr)
+    return None
 
 
 def stats_cache_dir(data_root: str | None, folder: Path) -> Path:
@@ -248,8 +303,13 @@ def append_results(folder: Path, record: dict) -> None:
     records = json.loads(js.read_text(encoding="utf-8")) if js.is_file() else []
     records.append(record)
     row = (f"| {record['label']} | {record['random_code_fid']:.4f} | {record['limiting_fid']:.4f} "
-           f"| {record['n']} | {record['chain_steps']} | {record['date']} |\n")
+           f"| {record['n']} | {record['chain_steps']} | {record['date']} "
+           + "".join(f"| {kid_text(record, s)} " for s in SETS)
+           + "".join(f"| {pr_text(record, s)} " for s in SETS) + "|\n")
     text = md.read_text(encoding="utf-8") if md.is_file() else TABLE_HEAD
+    lines = text.splitlines(keepends=True)
+    if lines[:2] != TABLE_HEAD.splitlines(keepends=True):  # a file of the six-column format:
+        text = TABLE_HEAD + "".join(lines[2:])  # its rows stay, their new cells empty
     ckpt_io.atomic_write_all({js: (json.dumps(records, indent=1) + "\n").encode(),
                               md: (text + row).encode()})
 
@@ -280,6 +340,33 @@ def results_problem(folder: Path) -> str | None:
     if not os.access(folder, os.W_OK):
         return f"{folder} is not writable; run the score command in a writable experiment folder"
     return None
+
+
+def kid_text(record: dict, name: str) -> str:
+    """`KID ± se` of one image set of a results record, '–' when it has none."""
+    value, se = record.get(f"{name}_kid"), record.get(f"{name}_kid_se")
+    return "–" if value is None else f"{value:.4f} ± {se:.4f}"
+
+
+def pr_text(record: dict, name: str) -> str:
+    """`precision / recall` of one image set of a results record, '–' when it has none."""
+    p, r = record.get(f"{name}_precision"), record.get(f"{name}_recall")
+    return "–" if p is None else f"{p:.3f} / {r:.3f}"
+
+
+def small_sample_figures(data_feats: Tensor, sets: dict[str, FeatureStats]) -> dict:
+    """KID ± se, precision and recall of each image set against the data's features, as
+    record fields `{set}_kid`, ...; none when the sets are too small for them."""
+    out: dict = {}
+    for name, stats in sets.items():
+        try:
+            figures = set_figures(data_feats.to(stats.kept().device), stats.kept())
+        except ValueError as err:  # too few images for blocks or neighbours
+            print(f"no KID or precision/recall for the {name} set: {err}", file=sys.stderr)
+            continue
+        out["metric_n"] = figures.pop("metric_n")
+        out.update({f"{name}_{k}": v for k, v in figures.items()})
+    return out
 
 
 def check_results(folder: Path) -> None:
@@ -362,13 +449,13 @@ def score(argv: list[str] | None, features: Features | None) -> int:
     method = ckpt_io.load(folder / "models" / f"m_{args.call_prefix}.pt").get("method")
     data = load_data(model_cls.dataset, args.data_root, device)
     n = min(args.n, len(data))
-    data_mu, data_sigma = data_statistics(model_cls.dataset, data, n,
-                                          stats_cache_dir(args.data_root, folder), features,
-                                          args.feature_bs, progress=not args.no_progress,
-                                          kind="pool3" if args.dims == POOL3 else
-                                          f"dims{args.dims}")
+    keep = min(n, METRIC_IMAGES)
+    data_mu, data_sigma, data_feats = data_reference(
+        model_cls.dataset, data, n, stats_cache_dir(args.data_root, folder), features,
+        args.feature_bs, keep, kind="pool3" if args.dims == POOL3 else f"dims{args.dims}",
+        progress=not args.no_progress)
     warn_if_singular(n, len(data_mu))
-    shot, lim = FeatureStats(), FeatureStats()
+    shot, lim = FeatureStats(keep), FeatureStats(keep)
     bar = tqdm(total=n * (args.chain_steps + 5), unit="img-step", desc="fid",
                disable=args.no_progress)
     for chunk in image_chunks(model, data, n, args.bs, args.chain_steps, bar.update):
@@ -384,7 +471,13 @@ def score(argv: list[str] | None, features: Features | None) -> int:
         "label": label, "tag": args.call_prefix, "method": method,
         "experiment": model.experiment, "random_code_fid": fids[0], "limiting_fid": fids[1],
         "n": n, "chain_steps": args.chain_steps, "bs": args.bs, "seed": args.seed,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **small_sample_figures(data_feats, dict(zip(SETS, (shot, lim), strict=True)))}
+    if "metric_n" in record:
+        print("\n| set | KID ± se | precision | recall | images |\n| --- | --- | --- | --- | --- |")
+        for name, title in zip(SETS, ("random code", "limiting"), strict=True):
+            print(f"| {title} | {kid_text(record, name)} | {record[name + '_precision']:.3f} "
+                  f"| {record[name + '_recall']:.3f} | {record['metric_n']} |")
     try:
         append_results(folder, record)
     except OSError as err:

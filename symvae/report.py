@@ -15,6 +15,7 @@ from pathlib import Path
 
 from symvae import checkpoint as ckpt_io
 from symvae.grid import METHOD_NAMES, SEED_SETTINGS, Row
+from symvae.metrics import RECORD_FIGURES
 from symvae.stages import STAGES, Options, RowStateError, is_done, read_state, row_folder
 
 FIDS = ("random_code_fid", "limiting_fid")
@@ -39,7 +40,7 @@ def run_result(row: Row, opts: Options) -> dict:
     wall = sum(v for v in (train.get("train_seconds"), stages.get("generate", {}).get("seconds"),
                            fid.get("seconds")) if v is not None)
     return {"seed": row.seed, "done": done, "pending": None if done else pending or "rerun",
-            **{k: fid.get(k) if done else None for k in FIDS},
+            **{k: fid.get(k) if done else None for k in (*FIDS, *RECORD_FIGURES, "metric_n")},
             "qmi0": train.get("qmi0"), "qmi1": train.get("qmi1"),
             "iterations": train.get("iterations"), "wall_seconds": round(wall, 1) if done else None,
             "device": train.get("device"), "commit": train.get("commit"),
@@ -59,6 +60,8 @@ def summarize(rows: list[Row], opts: Options) -> list[dict]:
                 "seeds_done": [r["seed"] for r in done]}
         for k in FIDS:
             line[k] = mean_sd([r[k] for r in done])
+        for k in RECORD_FIGURES:
+            line[k] = mean_sd([r[k] for r in done if r[k] is not None])
         line["authors_figures"] = dict(zip(FIDS, group[0].seed_figures, strict=True))
         for k in ("qmi0", "qmi1", "wall_seconds"):
             line[k] = mean_sd([r[k] for r in done if r[k] is not None])
@@ -108,6 +111,7 @@ def markdown(preset: str, lines: list[dict], command: str) -> str:
             f"| {duration(ln['wall_seconds'][0]) if ln['wall_seconds'] else '–'} "
             f"| {', '.join(ln['device'])} "
             f"| {', '.join(ln['commit'])} |")
+    body += small_sample_table(lines)
     dims = sorted({r["sizes"]["fid_dims"] for ln in lines for r in ln["runs"]} - {2048})
     if dims:
         head.insert(4, f"**FIDs here use the {', '.join(map(str, dims))} features of an early "
@@ -118,6 +122,37 @@ def markdown(preset: str, lines: list[dict], command: str) -> str:
         ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                   for k, v in json.loads(s).items()) for s in sizes)]
     return "\n".join(head + body + tail) + "\n"
+
+
+def kid_cell(line: dict, name: str) -> str:
+    """KID of one image set: mean ± sd over the seeds, or one seed's value ± its standard
+    error (marked se)."""
+    value = line.get(f"{name}_kid")
+    if value is None:
+        return "–"
+    if value[1] is not None or line.get(f"{name}_kid_se") is None:
+        return _fmt(value)
+    return f"{value[0]:.4f} ± {line[f'{name}_kid_se'][0]:.4f} (se)"
+
+
+def small_sample_table(lines: list[dict]) -> list[str]:
+    """KID, precision and recall beside the FIDs (symvae.metrics), when the rows have them."""
+    if not any(ln.get("limiting_kid") for ln in lines):
+        return []
+    out = ["", ("KID (unbiased at any number of images; lower is better) and precision / "
+                "recall (Kynkäänniemi et al. 2019; recall falls when samples collapse onto "
+                "few modes), from the FIDs' Inception features of the same images, mean ± sd "
+                "over the seeds:"), "",
+           ("| experiment | method | random code KID | limiting KID | random code precision "
+            "| random code recall | limiting precision | limiting recall |"),
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for ln in lines:
+        cells = [kid_cell(ln, "random_code"), kid_cell(ln, "limiting")]
+        cells += [_fmt(ln.get(f"{s}_{f}"), ".3f") for s in ("random_code", "limiting")
+                  for f in ("precision", "recall")]
+        out.append(f"| {ln['experiment']} | {METHOD_NAMES[ln['method']]} | "
+                   + " | ".join(cells) + " |")
+    return out
 
 
 FIGURE_DPI = 110

@@ -296,7 +296,9 @@ def run_fid(row: Row, folder: Path, argv: list[str], opts: Options) -> dict:
         call(row, "fid", lambda: fid_main(argv))
     records = json.loads((folder / "fid_results.json").read_text())
     last = [r for r in records if r.get("tag") == row.tag][-1]
-    return {k: last[k] for k in ("random_code_fid", "limiting_fid", "n", "chain_steps")}
+    from symvae.metrics import RECORD_FIGURES
+    out = {k: last[k] for k in ("random_code_fid", "limiting_fid", "n", "chain_steps")}
+    return out | {k: last[k] for k in (*RECORD_FIGURES, "metric_n") if k in last}
 
 
 RUNNERS = {"train": run_train, "generate": run_generate, "fid": run_fid}

@@ -15,7 +15,7 @@ import torchvision.transforms as TF
 from conftest import REPO, run_script, unignored_outputs, write_dataset
 
 from symvae import checkpoint as ckpt_io
-from symvae import fid
+from symvae import fid, metrics
 from symvae.data import DeviceData
 from symvae.experiment import load_model_class
 from symvae.export import PngWriter
@@ -159,12 +159,17 @@ def projection(dim: int = 6):
     return features
 
 
-def png_statistics(folder: Path, features) -> tuple[np.ndarray, np.ndarray]:
-    """pytorch-fid's route: PNG files -> PIL RGB -> to_tensor -> features -> np.mean, np.cov."""
+def png_features(folder: Path, features) -> torch.Tensor:
+    """pytorch-fid's route: PNG files -> PIL RGB -> to_tensor -> features."""
     from pytorch_fid.fid_score import ImagePathDataset
     files = sorted(folder.glob("*.png"))
     x = torch.stack([ImagePathDataset(files, TF.ToTensor())[i] for i in range(len(files))])
-    f = features(x).double().numpy()
+    return features(x)
+
+
+def png_statistics(folder: Path, features) -> tuple[np.ndarray, np.ndarray]:
+    """pytorch-fid's route, then np.mean, np.cov."""
+    f = png_features(folder, features).double().numpy()
     return f.mean(0), np.cov(f, rowvar=False)
 
 
@@ -193,6 +198,15 @@ def test_score_command_scores_the_images_generate_data_writes(experiment_copy, d
     for name, key in (("sh_images", "random_code_fid"), ("lim_images", "limiting_fid")):
         expected = fid.frechet_distance(*png_statistics(sets / name, features), *data)
         assert record[key] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    # KID, precision and recall of the same features
+    data_feats = png_features(sets / "images", features)
+    for name, key in (("sh_images", "random_code"), ("lim_images", "limiting")):
+        expected = metrics.set_figures(data_feats, png_features(sets / name, features))
+        for figure in ("kid", "kid_se", "precision", "recall"):
+            assert record[f"{key}_{figure}"] == pytest.approx(expected[figure], rel=1e-5,
+                                                              abs=1e-9), figure
+        assert f"| {fid.kid_text(record, key)} |" in (folder / "fid_results.md").read_text()
+    assert record["metric_n"] == 20 and "| limiting | " in out
 
     # a second row reuses the cached data statistics and appends to both results files
     features.seen = 0
@@ -202,6 +216,16 @@ def test_score_command_scores_the_images_generate_data_writes(experiment_copy, d
     table = (folder / "fid_results.md").read_text().splitlines()
     assert table[0].startswith("| method/tag |") and len(table) == 4
     assert len(json.loads((folder / "fid_results.json").read_text())) == 2
+    assert all(line.count("|") == 11 for line in table)
+
+    # a results table of the six-column format gets the new header; its rows stay
+    old_head = ("| method/tag | random code FID | limiting FID | n | chain steps | date |\n"
+                "| --- | --- | --- | --- | --- | --- |\n")
+    old_row = "| sym/x | 1.0000 | 2.0000 | 20 | 2 | 2024-01-01 00:00 UTC |\n"
+    (folder / "fid_results.md").write_text(old_head + old_row)
+    fid.main([*common, "--no_progress"], features=features)
+    table = (folder / "fid_results.md").read_text()
+    assert table.startswith(fid.TABLE_HEAD) and old_row in table and len(table.splitlines()) == 4
     # every file these commands wrote is one .gitignore keeps out of git and the tests' copies
     assert unignored_outputs(folder, "mnist-ladder") == []
 

@@ -17,7 +17,7 @@ from conftest import REPO
 
 from symvae import grid, reproduce
 from symvae.grid import build_rows
-from symvae.report import summarize
+from symvae.report import markdown, summarize
 from symvae.stages import STAGES, Options, stage_key, write_state
 
 ROW_FILES = ("row.json", "fid_results.json")
@@ -216,6 +216,26 @@ def test_smoke_figure_warns_and_shows_no_authors_figures(tmp_path: Path):
     fig = figure("quick", table_lines(tmp_path, "quick", [200.0, 33.0]))
     assert "vs the authors'" in fig.get_suptitle() and fig.axes[0].get_legend() is not None
     assert not tick_labels_overlap(fig)
+
+
+def test_table_gives_kid_precision_and_recall_beside_the_fids(tmp_path: Path):
+    opts = Options(out=tmp_path)
+    rows = build_rows("smoke", ("mnist-ladder",), ("sym", "elbo"), (0, 1))
+    for row in rows[:3]:  # both seeds of sym, one of elbo
+        stages = {s: {"key": stage_key(row, s, opts), "seconds": 1.0} for s in STAGES}
+        stages["train"].update(iterations=8, train_seconds=10.0, device="cpu", commit="abc")
+        k = 0.01 * (row.seed + 1)
+        stages["fid"].update(random_code_fid=2.0, limiting_fid=3.0, metric_n=20,
+                             **{f"{s}_{f}": v for s in ("random_code", "limiting")
+                                for f, v in (("kid", k), ("kid_se", 0.002),
+                                             ("precision", 0.5 + k), ("recall", 0.25))})
+        (tmp_path / row.name).mkdir()
+        write_state(tmp_path / row.name, {"row": row.as_dict(), "stages": stages})
+    lines = summarize(rows, opts)
+    assert lines[0]["limiting_kid"] == pytest.approx((0.015, 0.5 ** 0.5 * 0.01))
+    text = markdown("smoke", lines, "cmd")
+    assert "| mnist-ladder | symmetric | 0.0150 ± 0.0071 | 0.0150 ± 0.0071 | 0.515 ± 0.007" in text
+    assert "| 0.0100 ± 0.0020 (se) | 0.0100 ± 0.0020 (se) | 0.510 | 0.250 |" in text
 
 
 # --- SLURM without a cluster: the script submitit writes, and no double submission -------------

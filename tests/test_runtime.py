@@ -59,3 +59,18 @@ def test_cuda_n_is_made_the_current_device(restore_backends, monkeypatch):
 
 def test_cpu_runs_report_fp32(restore_backends):
     assert runtime.precision_note(runtime.configure(torch.device("cpu"), tf32=True)) == "fp32"
+
+
+def test_openmp_threads_sleep_while_waiting_unless_the_user_says_otherwise():
+    """symvae sets OMP_WAIT_POLICY=PASSIVE before torch starts OpenMP; a user's value stays."""
+    import os
+    import subprocess
+    import sys
+    code = "import os, symvae; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                             capture_output=True, text=True, timeout=120).stdout.strip()
+        assert out == expected
