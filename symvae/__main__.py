@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("symvae.fetch", "MNIST, Fashion-MNIST and Inception weights, offline, verified"),
     "fid": ("symvae.fid", "FIDs of a trained model's samples (in its experiment folder)"),
+    "loglik": ("symvae.loglik", "importance-sampled log-likelihood of data images under a model"),
     "plot": ("symvae.plot", "training curves and the latest grids from an experiment's logs"),
     "reproduce": ("symvae.reproduce", "the FID tables: train, sample and score a preset's rows"),
     "convert": ("symvae.convert", "checkpoints to and from the authors' format"),
