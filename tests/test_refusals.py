@@ -480,7 +480,7 @@ CASES = [
          4, "fid_results.md (No space left on device)",
          results_and(full_disk("mnist-ladder", fits=1)),
          changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz",),
-         lines=3),  # with the note that 4 images make singular covariances
+         lines=5),  # with the notes on 4 images: singular covariances, no KID for either set
     # write failures outside training name the real obstacle
     Case("convert into a folder", ("symvae.convert", "--to", "authors", "models/m_0.pt", "logs",
                                    "--overwrite"),
@@ -551,7 +551,7 @@ CASES = [
     Case("full disk, FID results", ("symvae.fid", "--call_prefix", "0"),
          4, "fid_results.json (No space left on device)", full_disk("mnist-ladder"),
          changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz",),
-         lines=3),  # with the note that 4 images make singular covariances
+         lines=5),  # with the notes on 4 images: singular covariances, no KID for either set
     Case("zero-byte checkpoint, training", ("main_sym.py", "--load_prefix", "z", "--call_prefix",
                                             "n", "--niterations", "3"),
          2, "m_z.pt: not a readable checkpoint (EOFError: empty file)", zero_byte),
@@ -602,7 +602,7 @@ CASES = [
          0, "unreadable cached statistics (BadZipFile); computing them again", damaged_fid_cache,
          changes=("data/fid_stats/MNIST-bin0.4375-n4-pool3.npz", "mnist-ladder/fid_results.md",
                   "mnist-ladder/fid_results.json"),
-         lines=3),  # with the note that 4 images make singular covariances
+         lines=5),  # with the notes on 4 images: singular covariances, no KID for either set
     Case("truncated Inception weights", ("symvae.fid", "--call_prefix", "0"),
          2, "Inception weights are damaged", truncated_inception),
     Case("plot: log not UTF-8", ("symvae.plot", "--call_prefix", "0"),
