@@ -137,7 +137,7 @@ class Snapshot:
 
     def __init__(self, trainer) -> None:
         self.trainer = trainer
-        self.params = [p for p in trainer.model.parameters()] + list(trainer.model.buffers())
+        self.params = [*trainer.model.parameters(), *trainer.model.buffers()]
         self.optim = _optimizer_tensors(trainer)
         self.state = state_tensors(trainer)
         self.copies = [t.detach().clone() for t in self.tensors()]

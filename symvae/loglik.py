@@ -22,7 +22,7 @@ from pathlib import Path
 from symvae import checkpoint as ckpt_io
 from symvae import runtime
 from symvae.cli import (
-    check_model_args,
+    check_flags,
     fail,
     interruptible,
     load_data,
@@ -31,6 +31,7 @@ from symvae.cli import (
     positive,
     seed_everything,
 )
+from symvae.entry import guarded, parse_args
 from symvae.experiment import load_model_class
 from symvae.generate import load_trained
 from symvae.metrics import importance_log_likelihood, mean_se
@@ -58,15 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def estimate(argv: list[str] | None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
     folder = Path.cwd()
     try:
         model_cls = load_model_class(folder)
     except FileNotFoundError as err:
         fail(str(err))
-    check_model_args(args)
-    for flag in ("k", "n", "bs"):
-        positive(f"--{flag}", getattr(args, flag))
+    check_flags(args)  # the shared checks of --n, --bs and the model's flags
+    positive("--k", args.k)
     if args.n > 10_000:
         fail(f"--n {args.n}: the test split has 10000 images; use --n 10000 or less")
     results = folder / RESULTS
@@ -78,7 +78,7 @@ def estimate(argv: list[str] | None) -> int:
         fail(f"{results}: unreadable results file ({err}); move it away or delete it")
     device = pick_device(args.device)
     model = load_trained(model_cls, args, device)
-    runtime.configure(device, tf32=args.tf32)
+    runtime.configure(device, tf32=args.tf32, strict_fp32=args.fp32_strict)
     seed_everything(args.seed)
     data = load_data(model_cls.dataset, args.data_root, device)
     x = data.as_float(data.images[-args.n:])
@@ -102,4 +102,4 @@ def estimate(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded(main, "loglik"))

@@ -214,8 +214,12 @@ class Trainer:
         self.data.advance(self.args.bs)
         try:
             if self.captured is not None:
+                first = self.captured.checked is None  # this replay is the checked one
                 self.captured.replay()
-                self._note_check()
+                if first:
+                    self.note(f"# CUDA graph captured at count {self.count - 1}; its first "
+                              f"replay agrees with the eager iteration to "
+                              f"{self.captured.checked:.2g} (relative)")
                 return
             if self.capture_at is not None and self.count >= self.capture_at \
                     and self.data.perm is not None:  # small batches keep the stored order longer
@@ -227,14 +231,6 @@ class Trainer:
             self.note(f"# CUDA graph not used from count {self.count}: {err}; "
                       "training continues eagerly")
         self.device_iteration()
-
-    def _note_check(self) -> None:
-        """Log the outcome of the captured iteration's check once, when it has run."""
-        captured = self.captured
-        if captured.checked is not None and not getattr(captured, "noted", False):
-            captured.noted = True
-            self.note(f"# CUDA graph captured at count {self.count - 1}; its first replay "
-                      f"agrees with the eager iteration to {captured.checked:.2g} (relative)")
 
     def device_iteration(self) -> None:
         """Batch draw, noise, the learning step, its statistics, then one sampled step of the
