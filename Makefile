@@ -26,10 +26,12 @@ demo: $(VENV)/.installed
 		--niterations $(DEMO_ITERATIONS) --save_period 100 --overwrite
 	cd mnist-ladder && $(PY) generate.py $(DEMO) --chain_steps $(DEMO_CHAIN_STEPS)
 
-# Lint, then every test (slow ones included). pytest's exit 5 ("no tests collected") fails too:
-# an empty run means the suite is broken, not that all is well.
+# Lint, the import layers (pyproject.toml [tool.importlinter]), then every test (slow ones
+# included). pytest's exit 5 ("no tests collected") fails too: an empty run means the suite is
+# broken, not that all is well.
 test: setup
 	$(PY) -m ruff check .
+	$(abspath $(VENV))/bin/lint-imports
 	$(PY) -m pytest -q -ra
 
 # The authors' FID tables (README "Reproduce the tables"): PRESET=readme|paper|quick|gpu|smoke,
@@ -37,10 +39,10 @@ test: setup
 # readme preset runs only where its estimate is a few hours (a GPU); elsewhere it asks for one.
 PRESET ?=
 reproduce: setup
-	$(PY) -m symvae.reproduce $(if $(PRESET),--preset $(PRESET)) $(ARGS)
+	$(PY) -m symvae reproduce $(if $(PRESET),--preset $(PRESET)) $(ARGS)
 
 # What scripts/gpu_check.sh needs on a GPU machine without internet, packed into .gpu/ (ignored,
 # about 56 MB): MNIST gzipped, pytorch-fid's wheel, fp16 Inception weights; AUTHORS=DIR adds
 # the authors' mnist-ladder scripts from their checkout, to be timed beside ours.
 gpu-assets: setup
-	$(PY) -m symvae.gpu_assets pack --out .gpu $(if $(AUTHORS),--ref $(AUTHORS))
+	$(PY) -m symvae gpu-assets pack --out .gpu $(if $(AUTHORS),--ref $(AUTHORS))

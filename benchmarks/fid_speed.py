@@ -6,7 +6,7 @@
 Prints images per second of pytorch-fid's Inception (pool3) with contiguous and
 channels_last tensors, image-steps per second of the mnist-ladder limiting chain
 (nz0 30, nz1 100; untrained weights cost the same), and the estimated wall time of
-`python -m symvae.fid --n N --chain_steps S`: N data images once (then cached),
+`python -m symvae fid --n N --chain_steps S`: N data images once (then cached),
 2N sample images through Inception, and N chains of S steps.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from symvae import fid
 from symvae.cli import pick_device
+from symvae.evaluate import frechet
 from symvae.experiment import load_model_class
-from symvae.sampling import chain_start, run_chain
+from symvae.model.sampling import chain_start, run_chain
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,10 +55,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
 
     from pytorch_fid.inception import InceptionV3
-    if not fid.weights_path().is_file():
-        raise SystemExit(f"{fid.weights_path()} missing; run `python -m symvae.data fetch inception`")
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[fid.POOL3]]).to(device).eval()
-    x = fid.inception_input(torch.rand(args.feature_bs, 1, 28, 28, device=device))
+    if not frechet.weights_path().is_file():
+        raise SystemExit(f"{frechet.weights_path()} missing; run `python -m symvae.data fetch inception`")
+    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[frechet.POOL3]]).to(device).eval()
+    x = frechet.inception_input(torch.rand(args.feature_bs, 1, 28, 28, device=device))
     rates = {}
     for name, fmt in (("contiguous", torch.contiguous_format),
                       ("channels_last", torch.channels_last)):

@@ -3,8 +3,8 @@ wide as in MNIST, tanh, ReLU in p(x|z1), and Gaussian pixels x ~ N(mu(z1), sigma
 learned log sigma (part of p)."""
 from fmnist import DATASET
 
-from symvae.ladder import LadderHVAE
-from symvae.pixels import GaussianPixels
+from symvae.model.ladder import LadderHVAE
+from symvae.model.pixels import GaussianPixels
 
 
 class HVAE(LadderHVAE):

@@ -1,8 +1,8 @@
 """The ladder HVAE on MNIST (SPEC §2): MLP width 600, tanh, Bernoulli pixels."""
 from mnist import DATASET
 
-from symvae.ladder import LadderHVAE
-from symvae.pixels import BernoulliPixels
+from symvae.model.ladder import LadderHVAE
+from symvae.model.pixels import BernoulliPixels
 
 
 class HVAE(LadderHVAE):

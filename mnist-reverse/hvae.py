@@ -3,8 +3,8 @@
 sigmoid > 1/2, as in the authors' reverse scripts."""
 from mnist import DATASET
 
-from symvae.pixels import HalfProbabilityPixels
-from symvae.reverse import ReverseHVAE
+from symvae.model.pixels import HalfProbabilityPixels
+from symvae.model.reverse import ReverseHVAE
 
 
 class HVAE(ReverseHVAE):

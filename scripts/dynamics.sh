@@ -17,7 +17,7 @@ seeds=${SEEDS:-1 2 3}
 updates=${UPDATES:-4000}
 flags="--nz0 30 --nz1 100 --stepsize 1e-4 --bs 64 --niterations $updates"
 export OMP_NUM_THREADS=1 PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-# glibc keeps freed memory, as symvae.runtime makes it do for ours, so that neither code pays
+# glibc keeps freed memory, as symvae.learn.runtime makes it do for ours, so that neither code pays
 # for page faults (docs/benchmarks.md); their figures stay the same to the last digit
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776}
 

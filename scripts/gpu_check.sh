@@ -25,7 +25,7 @@ if [ -d "$assets" ]; then
     "$py" -m pip install -q --no-index --no-deps --no-cache-dir --target "$work/site" \
         "$assets"/wheels/*.whl
     export PYTHONPATH="$PYTHONPATH:$work/site"
-    "$py" -m symvae.gpu_assets unpack --assets "$assets" --dest "$work"
+    "$py" -m symvae gpu-assets unpack --assets "$assets" --dest "$work"
     export SYMVAE_DATA="$work/data" TORCH_HOME="$work/torch"
     if [ -d "$assets/authors" ]; then extra+=(--ref "$assets/authors"); fi
 else
@@ -38,4 +38,4 @@ else
 fi
 if [ -n "${SYMVAE_AUTHORS:-}" ]; then extra+=(--ref "$SYMVAE_AUTHORS"); fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-"$py" -m symvae.gpu_check "$out" "${extra[@]}" "$@" 2>&1 | tee "$out/gpu_check.log"
+"$py" -m symvae gpu-check "$out" "${extra[@]}" "$@" 2>&1 | tee "$out/gpu_check.log"

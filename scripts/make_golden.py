@@ -4,14 +4,14 @@
 
 DIR is a checkout of the authors' repository (github dschles70/symvae-aistats2024). For each
 experiment, their HVAE is built after torch.manual_seed(SEED) (Fashion's log sigma then set to
-symvae.authors.LOG_SIGMA); EXPERIMENT.json holds the
+symvae.authors.reference.LOG_SIGMA); EXPERIMENT.json holds the
 sizes, the authors' commit and checksums of every weight tensor (our names), EXPERIMENT.npz
-the fixed inputs ("input::NAME") and every quantity of symvae.crosscheck ("GROUP::NAME"),
+the fixed inputs ("input::NAME") and every quantity of symvae.authors.crosscheck ("GROUP::NAME"),
 computed in float64 so that float32 rounding (large where terms cancel) does not blur them.
-tests/test_golden.py builds our models from the same seed and compares, without DIR.
+tests/authors/test_golden.py builds our models from the same seed and compares, without DIR.
 lockstep.json holds, per experiment and method, the authors' logged figures of LOCKSTEP_STEPS
-training iterations of symvae.lockstep and checksums of their weights after them
-(tests/test_lockstep.py).
+training iterations of symvae.authors.lockstep and checksums of their weights after them
+(tests/authors/test_lockstep.py).
 """
 from __future__ import annotations
 
@@ -26,17 +26,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from symvae.authors import (
+from symvae.authors.crosscheck import make_inputs
+from symvae.authors.lockstep import METHODS, SharedDraws, batches, run_authors
+from symvae.authors.reference import (
     LOG_SIGMA,
     default_dtype,
     figures_of_authors,
     import_authors,
     seeded_authors_model,
 )
-from symvae.convert import from_authors
-from symvae.crosscheck import make_inputs
 from symvae.experiment import EXPERIMENTS
-from symvae.lockstep import METHODS, SharedDraws, batches, run_authors
+from symvae.learn.authors_format import from_authors
 
 SEED, NZ0, NZ1, BATCH = 0, 6, 10, 8
 LOCKSTEP_STEPS = 8
@@ -80,7 +80,7 @@ def write(ref: Path, out: Path, experiment: str, commit: str) -> None:
 
 
 def write_lockstep(ref: Path, out: Path, commit: str) -> None:
-    """The authors' side of symvae.lockstep on the golden sizes, in float64."""
+    """The authors' side of symvae.authors.lockstep on the golden sizes, in float64."""
     runs = {}
     for experiment in EXPERIMENTS:
         hvae, elbo = import_authors(ref, experiment)

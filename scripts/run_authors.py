@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from symvae.authors_run import AuthorsMissing, prepare, run_script
-from symvae.data import default_data_root
+from symvae.authors.scripts import AuthorsMissing, prepare, run_script
+from symvae.data.raw import default_data_root
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ Each configuration THREADS:POLICY runs in its own process (the wait policy is re
 OpenMP starts, so it cannot change within one), with torch.set_num_threads(THREADS) and
 OMP_WAIT_POLICY=POLICY (`default`: unset and torch imported first, libgomp's
 spin-then-sleep; `symvae`: unset and symvae imported first, its own choice). It times --iters
-mnist-ladder symmetric iterations (symvae.bench's, on synthetic data) after 3 warm-up
+mnist-ladder symmetric iterations (symvae.reproduce.bench's, on synthetic data) after 3 warm-up
 ones; configurations alternate for --turns turns, so they meet the same load. Prints, per
 configuration, the median over turns of wall and process CPU seconds per iteration (CPU
 seconds count every thread's work and spinning: what the run costs the other users of
@@ -31,7 +31,7 @@ def child(bs: int, iters: int, threads: int, package_first: bool) -> None:
         import symvae  # noqa: F401
     import torch  # otherwise torch (and libgomp) start before symvae sets anything
 
-    from symvae.bench import build_trainer, time_iterations
+    from symvae.reproduce.bench import build_trainer, time_iterations
     torch.set_num_threads(threads)
     trainer = build_trainer("mnist-ladder", "sym", bs, torch.device("cpu"))
     wall, cpu = time_iterations(trainer, iters, warmup=3)

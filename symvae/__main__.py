@@ -1,5 +1,5 @@
 """`symvae COMMAND [ARGS]`, or `python -m symvae COMMAND [ARGS]`: the library's tools under one
-command. Each command is its module's own command line (`python -m symvae.MODULE` still works);
+command. Each command is its module's own command line;
 `symvae COMMAND --help` shows its flags. The experiment folders' scripts (main_sym.py,
 main_elbo.py, generate.py, generate_data.py) stay as the authors type them.
 """
@@ -8,20 +8,20 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command -> (module whose main(argv) runs it, what it does)
+# command -> (module of symvae whose main(argv) runs it, what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch": ("symvae.fetch", "MNIST, Fashion-MNIST and Inception weights, offline, verified"),
-    "fid": ("symvae.fid", "FIDs of a trained model's samples (in its experiment folder)"),
-    "loglik": ("symvae.loglik", "importance-sampled log-likelihood of data images under a model"),
-    "plot": ("symvae.plot", "training curves and the latest grids from an experiment's logs"),
-    "reproduce": ("symvae.reproduce", "the FID tables: train, sample and score a preset's rows"),
-    "convert": ("symvae.convert", "checkpoints to and from the authors' format"),
-    "bench": ("symvae.bench", "training speed per experiment and method, beside the authors'"),
-    "crosscheck": ("symvae.crosscheck", "one iteration against the authors' code, by figure"),
-    "lockstep": ("symvae.lockstep", "whole runs against the authors' code on shared draws"),
-    "gpu-check": ("symvae.gpu_check", "the prepared GPU check: speed, then one table row"),
-    "gpu-assets": ("symvae.gpu_assets", "pack what the GPU check needs on a machine offline"),
-    "toy": ("symvae.toy_train", "the enumerable toy model: the equilibrium checked exactly"),
+    "fetch": ("data.fetch", "MNIST, Fashion-MNIST and Inception weights, offline, verified"),
+    "fid": ("evaluate.fid", "FIDs of a trained model's samples (in its experiment folder)"),
+    "loglik": ("evaluate.loglik", "importance-sampled log-likelihood of data images under a model"),
+    "plot": ("evaluate.plot", "training curves and the latest grids from an experiment's logs"),
+    "reproduce": ("reproduce.runner", "the FID tables: train, sample and score a preset's rows"),
+    "convert": ("learn.convert", "checkpoints to and from the authors' format"),
+    "bench": ("reproduce.bench", "training speed per experiment and method, beside the authors'"),
+    "crosscheck": ("authors.crosscheck", "one iteration against the authors' code, by figure"),
+    "lockstep": ("authors.lockstep", "whole runs against the authors' code on shared draws"),
+    "gpu-check": ("reproduce.gpu_check", "the prepared GPU check: speed, then one table row"),
+    "gpu-assets": ("reproduce.gpu_assets", "pack what the GPU check needs on a machine offline"),
+    "toy": ("toy.train", "the enumerable toy model: the equilibrium checked exactly"),
 }
 
 
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
               "(symvae --help)", file=sys.stderr)
         return 2
     from symvae.entry import guarded
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(f"symvae.{COMMANDS[name][0]}")
     sys.argv[0] = f"symvae {name}"  # the command's usage lines name it as typed
     # the outer handler every entry point has (those whose main() carries it keep theirs)
-    return guarded(lambda: module.main(rest), module.__name__.rsplit(".", 1)[1])
+    return guarded(lambda: module.main(rest), name)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def non_negative(flag: str, value: int) -> int:
 
 def load_data(dataset, data_root: str | None, device: torch.device):
     """The experiment's data set on `device` (fetched once if missing), or one clear error line."""
-    from symvae.data import DataError
+    from symvae.data.raw import DataError
     try:
         return dataset.load(data_root, device)
     except DataError as err:

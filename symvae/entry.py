@@ -6,7 +6,7 @@ as one line, not a traceback: `error: unexpected TYPE: MESSAGE; details in FILE`
 status UNEXPECTED, with the traceback in FILE. Commands write their outputs atomically or
 through their own handlers, so the files a run wrote before are left as they were.
 
-Free of torch on purpose: symvae.plot runs in notebooks without it.
+Free of torch on purpose: symvae.evaluate.plot runs in notebooks without it.
 """
 from __future__ import annotations
 

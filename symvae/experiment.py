@@ -5,8 +5,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from symvae.data import REPO_ROOT
-from symvae.model import HVAE
+from symvae.ground import REPO_ROOT
+from symvae.model.hvae import HVAE
 
 EXPERIMENTS = ("mnist-ladder", "mnist-reverse", "fmnist-ladder")
 

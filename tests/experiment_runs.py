@@ -13,8 +13,8 @@ import torch
 from conftest import run_script, unignored_outputs
 from PIL import Image
 
-from symvae import checkpoint as ckpt_io
-from symvae.data import default_data_root
+from symvae.data.raw import default_data_root
+from symvae.learn import checkpoint as ckpt_io
 
 CELL = 30  # a 28x28 image plus make_grid's 2-pixel padding
 COLUMNS = 10
