@@ -324,7 +324,7 @@ def verify_in_full(names: list[str], root: Path) -> int:
             print(f"{name}: {checked} raw files match their checksums, each read in full ({raw})")
         else:
             print(f"error: {name}: no raw files under {raw}; fetch them with `python -m "
-                  f"symvae.data.datasets fetch {name} --root {root}`", file=sys.stderr)
+                  f"symvae.data fetch {name} --root {root}`", file=sys.stderr)
             status = 1
     return status
 

@@ -100,7 +100,7 @@ def verify_raw(name: str, raw: Path, full: bool = False) -> int:
 
     Cheap on every load: a size check, then the md5 only when the file's size or
     modification time differs from those remembered in raw/.verified.json. So bit rot that
-    keeps both is not seen there; `full` (`symvae.data.datasets fetch --verify`) computes every md5.
+    keeps both is not seen there; `full` (`symvae fetch --verify`) computes every md5.
     """
     try:
         if not raw.is_dir():

@@ -94,7 +94,7 @@ def inception_features(device: torch.device, dims: int = POOL3) -> Features:
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file, however torch says it
         raise FileNotFoundError(f"{weights_path()}: pytorch-fid's Inception weights are damaged "
                                 f"({type(err).__name__}); delete the file and run `python -m "
-                                "symvae.data.datasets fetch inception`") from None
+                                "symvae.data fetch inception`") from None
     fmt = torch.channels_last if device.type == "cpu" and CHANNELS_LAST_ON_CPU \
         else torch.contiguous_format
     net = net.to(memory_format=fmt)

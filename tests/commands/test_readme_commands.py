@@ -48,6 +48,6 @@ def test_make_demo_fetches_only_mnist(tmp_path):
     lines = subprocess.run(["make", "-n", "-o", str(venv / ".installed"), "demo",
                             f"VENV={venv}"], cwd=REPO, check=True, capture_output=True,
                            text=True).stdout.splitlines()
-    fetches = [line.split("symvae.data.datasets fetch", 1)[1].split() for line in lines
-               if "symvae.data.datasets fetch" in line]
+    fetches = [line.split("symvae.data fetch", 1)[1].split() for line in lines
+               if "symvae.data fetch" in line]
     assert fetches == [["mnist"]]

@@ -31,7 +31,7 @@ import torch
 from conftest import REPO, write_dataset
 from test_reliability import HVAE, SMALL, Crafted, one_thread, tree  # noqa: F401 - a fixture
 
-from symvae import cli, entry
+from symvae import cli, entry, ground
 from symvae.data.datasets import Dataset
 from symvae.evaluate import export, fid, frechet, generate, plot
 from symvae.learn import checkpoint as ckpt_io
@@ -142,7 +142,7 @@ def full_disk(under: str, fits: int = 0) -> Setup:
                 if len(writes) > fits:
                     return real("/dev/full", mode, *args, **kwargs)
             return real(path, mode, *args, **kwargs)
-        mp.setattr(ckpt_io, "open", open_full, raising=False)
+        mp.setattr(ground, "open", open_full, raising=False)
     return setup
 
 
@@ -852,7 +852,7 @@ def test_plot_skips_log_lines_beyond_any_plot(template, tmp_path, monkeypatch, c
 def test_bit_rot_that_keeps_size_and_time_is_found_by_a_full_check(template, tmp_path,
                                                                     monkeypatch, capsys):
     """A load trusts a file whose size and modification time it has seen verified (README);
-    `symvae.data.datasets fetch --verify` reads every file in full and names the damaged one."""
+    `symvae.data fetch --verify` reads every file in full and names the damaged one."""
     from symvae.data import fetch
     root = workspace(template, tmp_path / "ws")
     raw = root / "data" / "MNIST" / "raw"
