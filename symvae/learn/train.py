@@ -7,11 +7,15 @@ Per run tag TAG, in the experiment folder:
   models/m_TAG.pt       full checkpoint at iteration 0, every --save_period, and at the end
   images/img_TAG.png    data, reconstructions, single shots and a running limiting chain
                         that advances one step every iteration
+
+`Trainer.run` is the loop and `Trainer.iteration` one step of it; what they write is in
+RunOutputs and RunLog, the CUDA graph's use in graph_iteration, what a checkpoint holds in
+symvae.learn.train_state and the ways a run stops early in symvae.learn.train_stops. main() refuses bad
+starts before the data are loaded, holds the tag's lock, then runs the trainer.
 """
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -35,16 +39,16 @@ from symvae.data.datasets import DeviceData
 from symvae.entry import details_beside, parse_args
 from symvae.ground import CheckpointError
 from symvae.learn import checkpoint as ckpt_io
-from symvae.learn import runtime
+from symvae.learn import runtime, train_state
 from symvae.learn.capture import CaptureError, capture_count, capture_iteration, make_eager
 from symvae.learn.lock import Busy, RunLock
 from symvae.learn.rules import LEARNERS, NonFinite
-from symvae.learn.stats import RunningMeans, bit_trackers
+from symvae.learn.stats import BitMI, RunningMeans, bit_trackers
+from symvae.learn.train_stops import StopSignals, diverged, skipped, stop_for_signal, write_failed
 from symvae.model.hvae import HVAE
 from symvae.model.sampling import chain_start, save_grid
 
 GRID_COLUMNS = 10
-MAX_CONSECUTIVE_SKIPS = 100
 
 
 class RunFiles:
@@ -66,110 +70,26 @@ def mi_log_name(group: str) -> str:
     return f"{group[0]}mi{group[1:]}"
 
 
-class Trainer:
-    def __init__(self, model: HVAE, method: str, data: DeviceData, files: RunFiles,
-                 args, device: torch.device):
-        self.model, self.method, self.data, self.files = model, method, data, files
-        self.args, self.device = args, device
-        self.learner = LEARNERS[method](model, args.stepsize,
-                                        guard=device.type == "cpu" or args.nan_policy == "skip")
-        self.names = model.sym_names if method == "sym" else model.elbo_names
-        self.noise = type(model).dataset.noise
-        self.means = RunningMeans()
-        self.mi = bit_trackers(model.mi_names, model.nz0, model.nz1, device)
-        self.count = 0
-        self.elapsed = 0.0
-        # the grid's running limiting chain, drawn from the training RNG as the authors draw it
-        self.chain = chain_start(model, model.chain_start, GRID_COLUMNS)
-        self.grid_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (clean, noisy)
-        # the iteration runs eagerly until count `capture_at`, then as a replayed graph
-        self.capture_at: int | None = None
-        self.captured = None
-        self.stop_signal: str | None = None
-        self.log_file = None
-        self.notes: list[str] = []
+class RunOutputs:
+    """What a training run writes, as a part of Trainer (whose state it reads): '#' notes and
+    the running averages to the log, then at each save the sample grid, the MI files and the
+    checkpoint."""
 
-    # --- state ----------------------------------------------------------------
-    def state_dict(self) -> dict:
-        a = self.args
-        return {
-            "format": ckpt_io.CHECKPOINT_FORMAT, "experiment": self.model.experiment,
-            "method": self.method, "nz0": a.nz0, "nz1": a.nz1,
-            "model": self.model.state_dict(),
-            "optimizers": [opt.state_dict() for opt in self.learner.optimizers],
-            "count": self.count, "elapsed": self.elapsed,
-            "means": self.means.state_dict(),
-            "mi": {g: t.state_dict() for g, t in self.mi.items()},
-            "sampler": self.data.state_dict(), "chain": self.chain,
-            "rng": ckpt_io.rng_state(), "args": {"bs": a.bs, "stepsize": a.stepsize},
-        }
-
-    def restore(self, ckpt: dict, source: Path) -> str:
-        """Load a checkpoint; returns the '#' log line that says what was restored."""
-        self.model.load_state_dict(ckpt["model"])
-        if ckpt.get("format") is None:
-            self._restore_mi(ckpt)
-            what = "the authors' weights (converted)" if ckpt.get("authors") else "bare weights"
-            carried = "; MI statistics carried over" if ckpt.get("mi") else ""
-            return f"# started from {what} {source}{carried}; optimisers and count start fresh"
-        if ckpt.get("method") != self.method:
-            return (f"# started from {source} ({ckpt.get('method')} checkpoint, count "
-                    f"{ckpt['count']}); optimisers and count start fresh for {self.method}")
-        for opt, state in zip(self.learner.optimizers, ckpt["optimizers"], strict=True):
-            opt.load_state_dict(state)
-            for group in opt.param_groups:  # --stepsize of this command, not the file's
-                group["lr"] = self.args.stepsize
-        # device-neutral: a captured run saves Adam's capturable form, which only a CUDA
-        # run can step; a resumed run switches again when it captures
-        make_eager(self.learner.optimizers)
-        self.count, self.elapsed = int(ckpt["count"]), float(ckpt.get("elapsed", 0.0))
-        # the statistics continue on the training device, wherever the file was written
-        self.means.load_state_dict(ckpt_io.to_device(ckpt["means"], self.device))
-        self._restore_mi(ckpt)
-        self.data.load_state_dict(ckpt["sampler"])
-        chain = ckpt.get("chain")
-        check_chain(chain, (GRID_COLUMNS, *self.data.images.shape[1:]))
-        if chain is not None:
-            self.chain = chain.to(self.device)
-        ckpt_io.set_rng_state(ckpt["rng"])
-        old = ckpt.get("args", {}).get("stepsize", self.args.stepsize)
-        change = f"; --stepsize {old:g} -> {self.args.stepsize:g}" \
-            if old != self.args.stepsize else ""
-        return f"# resumed from {source} at count {self.count}{change}"
-
-    def _restore_mi(self, ckpt: dict) -> None:
-        """The file's MI statistics, on the training device, for the groups it has."""
-        for group, tracker in self.mi.items():
-            if group in ckpt.get("mi", {}):
-                tracker.load_state_dict(ckpt_io.to_device(ckpt["mi"][group], self.device))
-
-    # --- outputs --------------------------------------------------------------
     def note(self, line: str) -> None:
         """A '#' line about the run itself: kept in `notes`, and logged when a log is open
         (the benchmark's trainers have none)."""
         self.notes.append(line)
-        if self.log_file is not None:
+        if self.run_log is not None:
             self.log(line)
 
     def log(self, line: str) -> None:
-        try:
-            self.log_file.write(line + "\n")
-            self.log_file.flush()
-        except OSError as err:  # name the log: a failed write does not
-            raise OSError(err.errno, err.strerror, str(self.files.log)) from err
+        self.run_log.write(line)
 
     def log_values(self) -> dict[str, float]:
-        values = self.means.read()
-        if self.mi:  # the per-bit averages as they stand, not averaged again
-            mi = torch.stack([tracker.mean() for tracker in self.mi.values()]).tolist()
-            values.update(zip(map(mi_log_name, self.mi), mi))
-        bad = [n for n, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise NonFinite(bad[0])
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        length = float(sum(p.detach().float().square().sum() for p in params)
-                       / sum(p.numel() for p in params))
-        fields = [f"time: {self.elapsed:.1f}", f"count: {self.count}", f"len: {length:.6g}"]
+        """The log's line of running averages (NonFinite if one is not); returns them."""
+        values = running_averages(self.means, self.mi)
+        fields = [f"time: {self.elapsed:.1f}", f"count: {self.count}",
+                  f"len: {weight_length(self.model):.6g}"]
         fields += [f"{n}: {values[n]:.6g}" for n in self.names if n in values]
         self.log(" ".join(fields))
         return values
@@ -191,46 +111,105 @@ class Trainer:
         ckpt_io.save(self.files.model, self.state_dict())
 
     def save_grid(self) -> None:
-        """The authors' grid: the first images of the current training batch (MNIST before its
-        noise, Fashion-MNIST with it), reconstructions by one limiting step from the noisy
-        ones, single shots (means), then the decoder means of one more step of the running
-        chain (Fashion-MNIST: that step's sample and its mean), which leaves the chain as is."""
-        model, pixels = self.model, self.model.pixels
+        """The sample grid (`grid_rows`) of the current training batch and chain."""
         if self.grid_batch is None:  # nothing trained yet: the first images of the data
             clean = self.data.as_float(self.data.images[:GRID_COLUMNS])
             self.grid_batch = clean, self.noise(clean)
-        clean, noisy = self.grid_batch
-        _, recon = model.limiting_out(noisy)
-        shots = pixels.mean(model.single_shot(GRID_COLUMNS)[1])
-        _, out, sample = model.limiting_step(self.chain)
-        rows = [noisy if pixels.grid_noisy_data else clean, pixels.mean(recon), shots,
-                *pixels.chain_rows(sample, pixels.mean(out))]
+        rows = grid_rows(self.model, *self.grid_batch, self.chain)
         save_grid(torch.cat(rows), self.files.image, nrow=GRID_COLUMNS)
 
-    # --- loop -----------------------------------------------------------------
+
+class Trainer(RunOutputs):
+    """The paper's training loop for one model and learning method (SPEC §4–§5): `run` to
+    --niterations, each `iteration` a learning step on a batch and one step of the sample
+    grid's chain; its outputs in RunOutputs, its checkpoint in symvae.learn.train_state, its early
+    stops in symvae.learn.train_stops."""
+
+    def __init__(self, model: HVAE, method: str, data: DeviceData, files: RunFiles,
+                 args, device: torch.device):
+        self.model, self.method, self.data, self.files = model, method, data, files
+        self.args, self.device = args, device
+        self.learner = LEARNERS[method](model, args.stepsize,
+                                        guard=device.type == "cpu" or args.nan_policy == "skip")
+        self.names = model.sym_names if method == "sym" else model.elbo_names
+        self.noise = type(model).dataset.noise
+        self.means = RunningMeans()
+        self.mi = bit_trackers(model.mi_names, model.nz0, model.nz1, device)
+        self.count = 0
+        self.elapsed = 0.0
+        self.skips = 0  # non-finite batches skipped in a row (--nan_policy skip)
+        # the grid's running limiting chain, drawn from the training RNG as the authors draw it
+        self.chain = chain_start(model, model.chain_start, GRID_COLUMNS)
+        self.grid_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (clean, noisy)
+        # the iteration runs eagerly until count `capture_at`, then as a replayed graph
+        self.capture_at: int | None = None
+        self.captured = None
+        self.stop_signal: str | None = None  # set by symvae.learn.train_stops.StopSignals
+        self.run_log: RunLog | None = None
+        self.notes: list[str] = []
+
+    def state_dict(self) -> dict:
+        return train_state.state_dict(self)
+
+    def restore(self, ckpt: dict, source: Path) -> str:
+        """Load a checkpoint; returns the '#' log line that says what was restored."""
+        return train_state.restore(self, ckpt, source,
+                                   (GRID_COLUMNS, *self.data.images.shape[1:]))
+
+    # --- the loop -------------------------------------------------------------
+    def run(self, resumed: bool) -> int:
+        """Save at count 0 unless resumed, then iterate to --niterations, logging every
+        --log_period and saving every --save_period, and log and save the last iteration.
+        Returns 0, or 128 + a stop signal's number once saved (symvae.learn.train_stops)."""
+        args = self.args
+        bar = tqdm(total=args.niterations, initial=self.count, disable=args.no_progress,
+                   unit="it", dynamic_ncols=True, file=sys.stderr)
+        start, first = time.time() - self.elapsed, self.count
+        try:
+            if not resumed:
+                self.save()
+            while args.niterations is None or self.count < args.niterations:
+                if self.stop_signal:
+                    self.elapsed = time.time() - start
+                    return stop_for_signal(self)
+                self.skipping_iteration()
+                self.count += 1
+                bar.update(1)
+                self.elapsed = time.time() - start
+                if self.count % args.log_period == 0:
+                    values = self.log_values()
+                    bar.set_postfix({n: f"{values[n]:.4g}" for n in self.names[:4]
+                                     if n in values}, refresh=False)
+                if self.count % args.save_period == 0:
+                    self.save()
+            if self.count % args.log_period and self.count > first:
+                self.log_values()  # the last iteration, so that a short run logs its figures too
+            if self.count % args.save_period:
+                self.save()
+        except NonFinite as err:
+            diverged(self, err, bar)
+        except OSError as err:  # e.g. a full disk: the atomic write kept the previous files
+            bar.close()
+            write_failed(self, err)
+        bar.close()
+        self.log(f"# finished at count {self.count}")
+        return 0
+
+    def skipping_iteration(self) -> None:
+        """An iteration; a non-finite one is skipped only as symvae.learn.train_stops.skipped says."""
+        try:
+            self.iteration()
+            self.skips = 0
+        except NonFinite as err:
+            if not skipped(self, err):
+                raise
+
     def iteration(self) -> None:
         """One training iteration: the host's sampler bookkeeping, then the device's work,
         replayed from a CUDA graph once one is captured (symvae.learn.capture)."""
         self.data.advance(self.args.bs)
-        try:
-            if self.captured is not None:
-                first = self.captured.checked is None  # this replay is the checked one
-                self.captured.replay()
-                if first:
-                    self.note(f"# CUDA graph captured at count {self.count - 1}; its first "
-                              f"replay agrees with the eager iteration to "
-                              f"{self.captured.checked:.2g} (relative)")
-                return
-            if self.capture_at is not None and self.count >= self.capture_at \
-                    and self.data.perm is not None:  # small batches keep the stored order longer
-                self.captured = capture_iteration(self)
-                return
-        except CaptureError as err:  # the state is as before the iteration: run it eagerly
-            self.captured = self.capture_at = None
-            make_eager(self.learner.optimizers)
-            self.note(f"# CUDA graph not used from count {self.count}: {err}; "
-                      "training continues eagerly")
-        self.device_iteration()
+        if not graph_iteration(self):
+            self.device_iteration()
 
     def device_iteration(self) -> None:
         """Batch draw, noise, the learning step, its statistics, then one sampled step of the
@@ -247,93 +226,95 @@ class Trainer:
             self.chain = self.model.pixels.sample(out.nan_to_num())
         self.grid_batch = clean[:GRID_COLUMNS].clone(), x[:GRID_COLUMNS].clone()
 
-    def run(self, resumed: bool) -> int:
-        args = self.args
-        bar = tqdm(total=args.niterations, initial=self.count, disable=args.no_progress,
-                   unit="it", dynamic_ncols=True, file=sys.stderr)
-        skips, start, first = 0, time.time() - self.elapsed, self.count
-        try:
-            if not resumed:
-                self.save()
-            while args.niterations is None or self.count < args.niterations:
-                if self.stop_signal:
-                    self.elapsed = time.time() - start
-                    self.save()
-                    self.log(f"# stopped by {self.stop_signal} at count {self.count}; "
-                             f"checkpoint saved")
-                    print(f"\n{self.stop_signal}: checkpoint saved at count {self.count} to "
-                          f"{self.files.model}; continue with --load_prefix {self.files.tag}",
-                          file=sys.stderr)
-                    return 128 + signal.Signals[self.stop_signal].value
-                try:
-                    self.iteration()
-                    skips = 0
-                except NonFinite as err:
-                    if args.nan_policy == "stop":
-                        raise
-                    skips += 1
-                    self.log(f"# skipped a batch at count {self.count}: non-finite {err.term}")
-                    if skips >= MAX_CONSECUTIVE_SKIPS:
-                        raise
-                self.count += 1
-                bar.update(1)
-                self.elapsed = time.time() - start
-                if self.count % args.log_period == 0:
-                    values = self.log_values()
-                    bar.set_postfix({n: f"{values[n]:.4g}" for n in self.names[:4]
-                                     if n in values}, refresh=False)
-                if self.count % args.save_period == 0:
-                    self.save()
-            if self.count % args.log_period and self.count > first:
-                self.log_values()  # the last iteration, so that a short run logs its figures too
-            if self.count % args.save_period:
-                self.save()
-        except NonFinite as err:
-            msg = (f"non-finite parameters at count {self.count}, found before saving"
-                   if err.term == "parameters" else
-                   f"non-finite {err.term} at iteration {self.count + 1}"
-                   if self.learner.guard else
-                   f"non-finite {err.term} within the {args.log_period} iterations before "
-                   f"count {self.count}")
-            if skips >= MAX_CONSECUTIVE_SKIPS:
-                msg += f" after {skips} skipped batches in a row"
-            self.log(f"# stopped: {msg}; last good checkpoint kept")
-            bar.close()
-            fail(f"{msg}; the run stopped and {self.files.model} keeps the last good "
-                 "checkpoint. Lower --stepsize (or use --nan_policy skip) and continue with "
-                 f"--load_prefix {self.files.tag}.", code=3)
-        except OSError as err:  # e.g. a full disk: the atomic write kept the previous files
-            bar.close()
-            self.write_failed(err)
-        bar.close()
-        self.log(f"# finished at count {self.count}")
-        return 0
 
-    def write_failed(self, err: OSError) -> None:
-        """Stop on a failed write (exit 4): the log's stop line if it can still be written."""
-        what = f"cannot write {err.filename or 'an output file'} ({err.strerror or err})"
-        try:
-            self.log(f"# stopped: {what} at count {self.count}")
-        except (OSError, ValueError):
-            pass  # the log is what cannot be written (or was closed)
-        if self.files.model.is_file():
-            after = (f"{self.files.model} keeps the last checkpoint. Free space or fix "
-                     f"permissions, then continue with --load_prefix {self.files.tag}")
-        else:
-            after = "no checkpoint was written. Free space or fix permissions and start again"
-        fail(f"{what} at count {self.count}; {after}", code=4)
+def graph_iteration(trainer: Trainer) -> bool:
+    """Whether the captured CUDA graph did the trainer's device iteration (symvae.learn.capture):
+    replayed (the first replay is checked against an eager one), or captured from count
+    `capture_at` on, which runs it once. A CaptureError leaves the state as before the
+    iteration: the graph is dropped, and the caller runs the iteration eagerly."""
+    try:
+        if trainer.captured is not None:
+            first = trainer.captured.checked is None  # this replay is the checked one
+            trainer.captured.replay()
+            if first:
+                trainer.note(f"# CUDA graph captured at count {trainer.count - 1}; its first "
+                             f"replay agrees with the eager iteration to "
+                             f"{trainer.captured.checked:.2g} (relative)")
+            return True
+        if trainer.capture_at is not None and trainer.count >= trainer.capture_at \
+                and trainer.data.perm is not None:  # small batches keep the stored order longer
+            trainer.captured = capture_iteration(trainer)
+            return True
+    except CaptureError as err:
+        trainer.captured = trainer.capture_at = None
+        make_eager(trainer.learner.optimizers)
+        trainer.note(f"# CUDA graph not used from count {trainer.count}: {err}; "
+                     "training continues eagerly")
+    return False
 
-    def install_signal_handlers(self) -> dict:
-        """Route SIGINT/SIGTERM to a save-and-stop; returns the previous handlers."""
-        def handler(signum, frame):
-            name = signal.Signals(signum).name
-            if self.stop_signal:  # second signal: leave at once
-                print(f"\n{name} again: exiting without saving", file=sys.stderr)
-                raise SystemExit(128 + signum)
-            self.stop_signal = name
-            print(f"\n{name}: saving a checkpoint after this iteration "
-                  "(press Ctrl-C again to quit at once)", file=sys.stderr)
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+def running_averages(means: RunningMeans, mi: dict[str, BitMI]) -> dict[str, float]:
+    """The running averages by log name; NonFinite names the first that is not finite."""
+    values = means.read()
+    if mi:  # the per-bit averages as they stand, not averaged again
+        averages = torch.stack([tracker.mean() for tracker in mi.values()]).tolist()
+        values.update(zip(map(mi_log_name, mi), averages))
+    bad = [n for n, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFinite(bad[0])
+    return values
+
+
+def weight_length(model: HVAE) -> float:
+    """The log's `len`: the mean square of the trained parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return float(sum(p.detach().float().square().sum() for p in params)
+                 / sum(p.numel() for p in params))
+
+
+def grid_rows(model: HVAE, clean: torch.Tensor, noisy: torch.Tensor,
+              chain: torch.Tensor) -> list[torch.Tensor]:
+    """The authors' grid: the first images of the current training batch (MNIST before its
+    noise, Fashion-MNIST with it), reconstructions by one limiting step from the noisy
+    ones, single shots (means), then the decoder means of one more step of the running
+    chain (Fashion-MNIST: that step's sample and its mean), which leaves the chain as is."""
+    pixels = model.pixels
+    _, recon = model.limiting_out(noisy)
+    shots = pixels.mean(model.single_shot(GRID_COLUMNS)[1])
+    _, out, sample = model.limiting_step(chain)
+    return [noisy if pixels.grid_noisy_data else clean, pixels.mean(recon), shots,
+            *pixels.chain_rows(sample, pixels.mean(out))]
+
+
+class RunLog:
+    """The run's log file, open while it trains; a write that fails names the file (a
+    failed write does not)."""
+
+    def __init__(self, path: Path, append: bool):
+        """Continue the tag's log (`append`) or start it anew."""
+        self.path = path
+        try:
+            self.file = open(path, "a" if append else "w", buffering=1)  # noqa: SIM115 - close()
+        except OSError as err:
+            fail(f"cannot write {path} ({err.strerror}); fix it or pick another --call_prefix")
+
+    def end_cut_line(self) -> None:
+        """A line cut short by a crash stays on its own line."""
+        if self.path.stat().st_size and not _ends_with_newline(self.path):
+            self.file.write("\n")
+
+    def write(self, line: str) -> None:
+        try:
+            self.file.write(line + "\n")
+            self.file.flush()
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the lines it could not flush were reported by write_failed
 
 
 def main(model_cls: type[HVAE], method: str, argv: list[str] | None = None) -> int:
@@ -383,7 +364,35 @@ def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
 def _train(model: HVAE, method: str, data: DeviceData, files: RunFiles, args,
            device: torch.device, ckpt: dict | None, source: Path | None,
            argv: list[str] | None) -> int:
-    """The part of main() that runs while the tag is held."""
+    """The part of main() that runs while the tag is held: the log opened (continued when
+    the run continues its tag), the stop signals caught, the loop run."""
+    trainer, note = _ready_trainer(model, method, data, files, args, device, ckpt, source)
+    resumed = ckpt is not None and ckpt.get("format") is not None and \
+        args.load_prefix == args.call_prefix and trainer.count > 0
+    append = args.load_prefix == args.call_prefix and files.log.exists()
+    trainer.run_log = RunLog(files.log, append)
+    signals = StopSignals(trainer).install()
+    try:
+        if append:
+            trainer.run_log.end_cut_line()
+        command = " ".join(sys.argv[1:] if argv is None else argv)
+        trainer.log(f"# {method} {model.experiment} {command}"
+                    f" (device {device}, {args.precision}, torch {torch.__version__})")
+        if note:
+            trainer.log(note)
+        return trainer.run(resumed)
+    except OSError as err:  # the log itself cannot be written
+        write_failed(trainer, err)
+    finally:
+        signals.restore()
+        trainer.run_log.close()
+
+
+def _ready_trainer(model: HVAE, method: str, data: DeviceData, files: RunFiles, args,
+                   device: torch.device, ckpt: dict | None,
+                   source: Path | None) -> tuple[Trainer, str | None]:
+    """The trainer on the device, restored from `ckpt` if any, with the '#' log line that
+    says from what; refuses a damaged checkpoint and one already past --niterations."""
     for stale in files.model.parent.glob(f".{files.model.name}.tmp*"):  # left by a killed save
         stale.unlink()
     if args.detect_anomaly:
@@ -401,39 +410,7 @@ def _train(model: HVAE, method: str, data: DeviceData, files: RunFiles, args,
              "give a larger --niterations to continue it")
     if args.compile:
         runtime.compile_model(model)
-    resumed = ckpt is not None and ckpt.get("format") is not None and \
-        args.load_prefix == args.call_prefix and trainer.count > 0
-    mode = "a" if args.load_prefix == args.call_prefix and files.log.exists() else "w"
-    try:
-        trainer.log_file = open(files.log, mode, buffering=1)  # noqa: SIM115 - closed below
-    except OSError as err:
-        fail(f"cannot write {files.log} ({err.strerror}); fix it or pick another --call_prefix")
-    previous = trainer.install_signal_handlers()
-    try:
-        if mode == "a" and files.log.stat().st_size and not _ends_with_newline(files.log):
-            trainer.log_file.write("\n")  # a line cut short by a crash stays on its own line
-        command = " ".join(sys.argv[1:] if argv is None else argv)
-        trainer.log(f"# {method} {model.experiment} {command}"
-                    f" (device {device}, {args.precision}, torch {torch.__version__})")
-        if note:
-            trainer.log(note)
-        return trainer.run(resumed)
-    except OSError as err:  # the log itself cannot be written
-        trainer.write_failed(err)
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        try:
-            trainer.log_file.close()
-        except OSError:
-            pass  # the lines it could not flush were reported by write_failed
-
-
-def check_chain(chain: object, shape: tuple[int, ...]) -> None:
-    """ValueError unless a checkpoint's grid chain is None or a batch of `shape` images."""
-    if chain is not None and (not isinstance(chain, torch.Tensor) or chain.shape != shape):
-        raise ValueError(f"its image-grid chain has shape {tuple(getattr(chain, 'shape', ()))}, "
-                         f"expected {shape}")
+    return trainer, note
 
 
 def run_outputs(files: RunFiles, model: HVAE) -> tuple[Path, ...]:
