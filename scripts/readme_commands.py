@@ -35,15 +35,14 @@ TINY = {
     "generate.py": ["--chain_steps", "5"],
     "generate_data.py": ["--n", "64", "--chain_steps", "2", "--bs", "64"],
     "-m pytorch_fid": ["--dims", "64", "--num-workers", "0"],
-    "-m symvae.fid": ["--n", "64", "--chain_steps", "2", "--dims", "64", "--no_progress"],
-    "-m symvae.reproduce": TINY_REPRODUCE,
+    "symvae fid": ["--n", "64", "--chain_steps", "2", "--dims", "64", "--no_progress"],
+    "symvae reproduce": TINY_REPRODUCE,
     "-m symvae.data": [],  # the fetch: already tiny
 }
-# Lines not run, and why.
+# Lines not run, and why; the first key a line starts with gives the reason.
 SKIPPED = {
+    "make reproduce": "the make form of the `symvae reproduce` line run before it",
     "make ": "a make target: .ci/run runs `make demo` before and `make test` after",
-    "python3 -m venv": "the CPU-only install route: it downloads PyTorch from its own index",
-    ".venv/bin/pip ": "the CPU-only install route: it downloads PyTorch from its own index",
 }
 
 
@@ -59,11 +58,22 @@ def readme_lines(text: str) -> list[str]:
 
 
 def program_of(argv: list[str]) -> str | None:
-    """The key of TINY a `python ...` command line runs, or None."""
-    if argv[0] != "python" or len(argv) < 2:
+    """The key of TINY a `python ...` or `symvae COMMAND ...` line runs, or None."""
+    if argv[0] not in ("python", "symvae") or len(argv) < 2:
         return None
-    key = f"-m {argv[2]}" if argv[1] == "-m" and len(argv) > 2 else argv[1]
+    if argv[0] == "symvae":
+        key = f"symvae {argv[1]}"
+    else:
+        key = f"-m {argv[2]}" if argv[1] == "-m" and len(argv) > 2 else argv[1]
     return key if key in TINY else None
+
+
+def executable(argv: list[str], python: str) -> list[str]:
+    """The process to start for a README line: `python` is the given interpreter, and
+    `symvae` the console script beside it (its venv's bin/), so PATH need not hold it."""
+    if argv[0] == "symvae":
+        return [str(Path(python).parent / "symvae"), *argv[1:]]
+    return [python, *argv[1:]]
 
 
 def plan(text: str) -> list[tuple[str, list[str] | None, str]]:
@@ -83,7 +93,7 @@ def plan(text: str) -> list[tuple[str, list[str] | None, str]]:
             raise ValueError(f"README command {line!r}: not known to {Path(__file__).name}; "
                              "add its tiny sizes to TINY, or a reason to SKIPPED")
         tiny = list(TINY[key])
-        if key == "-m symvae.reproduce" and "--executor" in argv and \
+        if key == "symvae reproduce" and "--executor" in argv and \
                 argv[argv.index("--executor") + 1] == "slurm":
             tiny.append("--dry-run")  # no cluster here: what it would submit
         if key == "-m pytorch_fid":  # options before the two paths it takes
@@ -113,6 +123,11 @@ def override(argv: list[str], tiny: list[str]) -> list[str]:
 
 
 def run(steps, python: str) -> int:
+    script = Path(python).parent / "symvae"
+    if any(argv and argv[0] == "symvae" for _, argv, _ in steps) and not script.is_file():
+        print(f"error: no console script {script}: install symvae into that environment "
+              "(make setup, or pip install -e .)", file=sys.stderr)
+        return 2
     folder = REPO
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for line, argv, note in steps:
@@ -125,7 +140,7 @@ def run(steps, python: str) -> int:
             continue
         print(f"$ (in {folder.relative_to(REPO) or '.'}) {shlex.join(argv)}", flush=True)
         began = time.time()
-        proc = subprocess.run([python, *argv[1:]], cwd=folder, env=env, check=False)
+        proc = subprocess.run(executable(argv, python), cwd=folder, env=env, check=False)
         print(f"#   exit {proc.returncode}, {time.time() - began:.0f} s", flush=True)
         if proc.returncode:
             print(f"error: README command {line!r} failed (exit {proc.returncode}) at tiny "
@@ -137,7 +152,8 @@ def run(steps, python: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--list", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--python", default=sys.executable, help="the interpreter for `python`")
+    p.add_argument("--python", default=sys.executable,
+                   help="the interpreter for `python`; `symvae` is the console script beside it")
     args = p.parse_args(argv)
     try:
         steps = plan(README.read_text())

@@ -17,7 +17,8 @@ from symvae.model.sampling import to_uint8
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid loads from the hub
 POOL3 = 2048  # pool3 features: pytorch-fid's default and the authors' numbers
 DIMS = (64, 192, 768, POOL3)  # the feature blocks of pytorch-fid's Inception (its --dims)
-# Measured on the 2-core CPU (see README): channels_last runs Inception faster there.
+# Measured on the 2-core CPU (docs/evaluate.md, "FID scores"): channels_last runs Inception
+# faster there.
 CHANNELS_LAST_ON_CPU = True
 Features = Callable[[Tensor], Tensor]  # [B,3,H,W] in [0,1] -> features [B,D]
 

@@ -123,15 +123,16 @@ def build_rows(preset: str, experiments: tuple[str, ...] | None = None,
 
 
 # --- what a row costs ----------------------------------------------------------------------
-# CPU: seconds per iteration at batch 64 and 1024, measured on the 2-core CPU (README "Speed",
-# torch 2.14.1, 2 threads); other batches are interpolated linearly.
+# CPU: seconds per iteration at batch 64 and 1024, measured on the 2-core CPU
+# (docs/benchmarks.md, "CPU: ours"; torch 2.14.1, 2 threads); other batches are interpolated
+# linearly.
 CPU_STEP = {
     ("mnist-ladder", "sym"): (0.192, 2.60), ("mnist-ladder", "elbo"): (0.145, 1.93),
     ("mnist-reverse", "sym"): (0.186, 2.56), ("mnist-reverse", "elbo"): (0.136, 1.92),
     ("fmnist-ladder", "sym"): (0.222, 3.01), ("fmnist-ladder", "elbo"): (0.165, 2.21),
 }
-# CPU rates of the FID stage (README "FID scores"): Inception images/s, and image-steps/s
-# of the limiting chains.
+# CPU rates of the FID stage (docs/evaluate.md, "FID scores"): Inception images/s, and
+# image-steps/s of the limiting chains.
 CPU_INCEPTION, CPU_CHAIN = 5.0, 400.0
 # GPU: measured on one H200 (docs/bench-gpu.md, 2026-12-04, mnist-ladder): 11.4 ms per
 # symmetric and 8.9 ms per ELBO iteration at batch 1024 replayed, Inception 0.18 ms per image

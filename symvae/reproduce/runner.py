@@ -213,8 +213,8 @@ def check_default_preset(args: argparse.Namespace, opts: Options, make_rows) -> 
 def dry_run(rows: list[Row], opts: Options, gpu: bool) -> None:
     """Print each row's folder and commands, and the estimated time of what is not done."""
     estimate = estimate_seconds(rows, gpu)
-    basis = ("ASSUMED GPU rates (not yet measured; see symvae/reproduce/grid.py)" if gpu else
-             "rates measured on a quiet 2-core CPU (README 'Speed' and 'FID scores')")
+    basis = ("GPU rates measured on one H200 (docs/bench-gpu.md, symvae/reproduce/grid.py)"
+             if gpu else "rates measured on a quiet 2-core CPU (docs/benchmarks.md and docs/evaluate.md)")
     print(f"results: {opts.out}\nestimated from {basis}")
     total = dict.fromkeys(STAGES, 0.0)
     for row in rows:

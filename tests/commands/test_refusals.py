@@ -3,8 +3,8 @@
 Each case runs in a fresh copy of a small workspace (a mnist-ladder folder with a symmetric
 run `0` and an ELBO run `e`, 2 iterations each, and a synthetic data root) and asserts the
 exit status, that stderr's first line holds the expected words and is the only error line,
-no traceback, and that every file that existed before is unchanged. The README's
-"Long runs" section lists what these cases pin.
+no traceback, and that every file that existed before is unchanged. docs/long-runs.md
+("Refusals") lists what these cases pin.
 """
 from __future__ import annotations
 
@@ -851,8 +851,9 @@ def test_plot_skips_log_lines_beyond_any_plot(template, tmp_path, monkeypatch, c
 
 def test_bit_rot_that_keeps_size_and_time_is_found_by_a_full_check(template, tmp_path,
                                                                     monkeypatch, capsys):
-    """A load trusts a file whose size and modification time it has seen verified (README);
-    `symvae.data fetch --verify` reads every file in full and names the damaged one."""
+    """A load trusts a file whose size and modification time it has seen verified
+    (docs/long-runs.md); `symvae.data fetch --verify` reads every file in full and names the
+    damaged one."""
     from symvae.data import fetch
     root = workspace(template, tmp_path / "ws")
     raw = root / "data" / "MNIST" / "raw"
