@@ -27,12 +27,12 @@ demo: $(VENV)/.installed
 	cd mnist-ladder && $(PY) generate.py $(DEMO) --chain_steps $(DEMO_CHAIN_STEPS)
 
 # Lint, the import layers (pyproject.toml [tool.importlinter]), then every test (slow ones
-# included). pytest's exit 5 ("no tests collected") fails too: an empty run means the suite is
-# broken, not that all is well.
+# included), on as many pytest-xdist workers as the machine has cores. pytest's exit 5 ("no
+# tests collected") fails too: an empty run means the suite is broken, not that all is well.
 test: setup
 	$(PY) -m ruff check .
 	$(abspath $(VENV))/bin/lint-imports
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n auto
 
 # The authors' FID tables (README "Reproduce the tables"): PRESET=readme|paper|quick|gpu|smoke,
 # more flags in ARGS, e.g. `make reproduce PRESET=quick ARGS=--dry-run`. Without PRESET, the
