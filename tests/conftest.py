@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -49,6 +50,17 @@ def write_checksums(raw: Path) -> None:
     lines = [f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n"
              for p in sorted(raw.glob("*-ubyte"))]
     (raw / "MD5SUMS").write_text("".join(lines))
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_put_back():
+    """Each test leaves SIGINT and SIGTERM as it found them. Commands run in-process change
+    them; an ignored SIGINT left behind would be inherited by every process a later test
+    starts (a Ctrl-C test would then wait forever)."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture

@@ -326,7 +326,8 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
               "table (rows already finished are not resubmitted)")
         return 0
     failed = []
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_stopped)}
     try:
         for r, j in zip(todo, jobs, strict=True):
             try:
@@ -346,8 +347,9 @@ def run_submitit(args: argparse.Namespace, rows: list[Row], opts: Options, finis
             print(f"\n{name}: stopped, and the rows' jobs with it (their checkpoints are kept); "
                   "run the same command again to finish", file=sys.stderr)
         return SIGNAL_EXIT[name]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # both, so that a caller in the same process (a test) gets Ctrl-C back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     finish()
     if failed:
         fail("rows failed: " + "; ".join(failed) + f"; see the job logs in {folder} and run "

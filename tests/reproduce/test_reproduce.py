@@ -439,6 +439,10 @@ def test_stopping_the_runner_stops_its_submitit_local_jobs(data_root: Path, tmp_
                         "--executor", "submitit-local", "--niterations", "100000",
                         "--save_period", "10", "--log_period", "10")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    # Ctrl-C as at a terminal, even where pytest itself was started in the background (`cmd &`
+    # in a script ignores SIGINT, and children inherit that; a caught signal they do not):
+    # conftest puts this process's handler back after the test
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = subprocess.Popen([sys.executable, "-m", "symvae", "reproduce", *flags], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = out / "smoke" / "mnist-ladder-sym-s0" / "logs" / "log-sym-s0.txt"
