@@ -56,7 +56,8 @@ def main() -> None:
 
     from pytorch_fid.inception import InceptionV3
     if not frechet.weights_path().is_file():
-        raise SystemExit(f"{frechet.weights_path()} missing; run `python -m symvae.data fetch inception`")
+        raise SystemExit(f"{frechet.weights_path()} missing; "
+                         "run `python -m symvae.data fetch inception`")
     net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[frechet.POOL3]]).to(device).eval()
     x = frechet.inception_input(torch.rand(args.feature_bs, 1, 28, 28, device=device))
     rates = {}

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--turns", type=int, default=3)
-    p.add_argument("--configs", nargs="+", default=["1:default", "2:default", "2:PASSIVE", "2:symvae"])
+    p.add_argument("--configs", nargs="+",
+                   default=["1:default", "2:default", "2:PASSIVE", "2:symvae"])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--package_first", action="store_true", help=argparse.SUPPRESS)

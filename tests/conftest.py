@@ -87,7 +87,8 @@ def run_script(folder: Path, script: str, *args: str, check: bool = True,
 def source_files(folder: Path) -> list[str]:
     """The files of `folder` that git does not ignore, relative to it: its sources, tracked or
     new, and none of the outputs a run writes there (every one of them is in .gitignore, which
-    tests/commands/test_outputs.py checks). Outside a git checkout, .gitignore's names are left out."""
+    tests/commands/test_outputs.py checks). Outside a git checkout, .gitignore's names are left
+    out."""
     try:
         proc = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--cached", "--others",
                                "--exclude-standard", "--", "."], check=True,

@@ -77,7 +77,8 @@ def check_training(folder: Path, method: str, data_root: Path, names: tuple[str,
     stats = sorted(p.name for p in (folder / "logs").glob(f"stat*-{tag}.txt"))
     assert stats == sorted(f"stat{g}-{tag}.txt" for g in mi_bits)
     for group, bits in mi_bits.items():
-        values = [float(v) for v in (folder / "logs" / f"stat{group}-{tag}.txt").read_text().split()]
+        text = (folder / "logs" / f"stat{group}-{tag}.txt").read_text()
+        values = [float(v) for v in text.split()]
         assert len(values) == bits and values == sorted(values)  # ascending, as the authors
 
 

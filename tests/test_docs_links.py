@@ -82,7 +82,8 @@ def test_the_checker_catches_a_missing_file_and_a_missing_heading(tmp_path):
     (tmp_path / "docs" / "b.md").write_text("# B\n\n## Full runs: the paper's commands\n")
     (tmp_path / "README.md").write_text(
         "# Top\n\n"
-        "[fine](docs/b.md#full-runs-the-papers-commands) ![picture](docs/b.md) [web](https://x.y/z)\n"
+        "[fine](docs/b.md#full-runs-the-papers-commands) ![picture](docs/b.md) "
+        "[web](https://x.y/z)\n"
         "[here](#top) [gone](docs/missing.md) [no such heading](docs/b.md#nowhere)\n"
         "`[code span](docs/nothing.md)`\n\n"
         "```bash\n[fenced](docs/nothing.md)\n```\n")

@@ -165,7 +165,8 @@ def compare(ours: dict[str, Figures], theirs: dict[str, Figures]) -> dict[str, f
 def seeded_model(experiment: str, nz0: int, nz1: int, seed: int,
                  log_sigma: float | None = LOG_SIGMA) -> HVAE:
     """Our model as torch.manual_seed(seed) creates it (the authors' weights for that seed),
-    Fashion's log sigma set to `log_sigma` as symvae.authors.reference.seeded_authors_model sets theirs."""
+    Fashion's log sigma set to `log_sigma` as symvae.authors.reference.seeded_authors_model
+    sets theirs."""
     torch.manual_seed(seed)
     model = load_model_class(experiment)(nz0, nz1)
     with torch.no_grad():

@@ -95,7 +95,8 @@ def _ts_convs(ts_module: torch.jit.ScriptModule) -> list[tuple[str, dict[str, Te
     out = []
     for prefix, params in units.items():
         if set(params) != {"weight", "beta", "mean", "var"}:
-            raise FetchError(f"unexpected parameters in TorchScript unit {prefix}: {sorted(params)}")
+            raise FetchError(f"unexpected parameters in TorchScript unit {prefix}: "
+                             f"{sorted(params)}")
         out.append((prefix, params))
     return out
 
@@ -192,7 +193,8 @@ def verify(
     with torch.no_grad():
         ref = ts_module(z).reshape(z.shape[0], -1)
     if ours.shape != ref.shape:
-        raise FetchError(f"feature shapes differ: pytorch-fid {ours.shape}, TorchScript {ref.shape}")
+        raise FetchError(f"feature shapes differ: pytorch-fid {ours.shape}, "
+                         f"TorchScript {ref.shape}")
     diff = (ours - ref).abs().max().item()
     if not diff <= atol:  # written so that NaN also fails
         raise FetchError(

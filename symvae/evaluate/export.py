@@ -170,8 +170,9 @@ def _main(model_cls: type[HVAE], argv: list[str] | None) -> int:
     model_flags(parser)
     parser.add_argument("--mode", required=True,
                         help="name of the subfolder of generated_data/ (e.g. sym or elbo)")
-    parser.add_argument("--n", type=int, default=70000, help="images per set (default 70,000); the data set is its first N images in stored "
-                             "order (MNIST's training images first)")
+    parser.add_argument("--n", type=int, default=70000,
+                        help="images per set (default 70,000); the data set is its first N "
+                             "images in stored order (MNIST's training images first)")
     parser.add_argument("--chain_steps", type=int, default=1000,
                         help="sampled steps of each limiting chain before its output step")
     parser.add_argument("--bs", type=int, default=1000, help="chains run side by side")

@@ -322,7 +322,8 @@ def score(argv: list[str] | None, features: Features | None) -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         **small_sample_figures(data_feats, dict(zip(SETS, (shot, lim), strict=True)))}
     if "metric_n" in record:
-        print("\n| set | KID ± se | precision | recall | images |\n| --- | --- | --- | --- | --- |")
+        print("\n| set | KID ± se | precision | recall | images |\n"
+              "| --- | --- | --- | --- | --- |")
         for name, title in zip(SETS, ("random code", "limiting"), strict=True):
             print(f"| {title} | {kid_text(record, name)} | {record[name + '_precision']:.3f} "
                   f"| {record[name + '_recall']:.3f} | {record['metric_n']} |")

@@ -47,8 +47,8 @@ def read_grey(path: Path, pixels: bool = True) -> np.ndarray | None:
     try:
         with Image.open(path) as im:
             if im.size != SIZE or im.mode not in ("L", "1"):
-                fail(f"{path}: a {im.size[0]}x{im.size[1]} {im.mode} image; symvae.evaluate.fid compares "
-                     "the 28x28 grey images generate_data.py writes")
+                fail(f"{path}: a {im.size[0]}x{im.size[1]} {im.mode} image; "
+                     "symvae.evaluate.fid compares the 28x28 grey images generate_data.py writes")
             return np.asarray(im.convert("L"), dtype=np.uint8) if pixels else None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         fail(f"{path}: not a readable image ({type(err).__name__}); move it away")

@@ -100,8 +100,9 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         missing = [k for k in REQUIRED_KEYS if k not in obj]
         if missing or not isinstance(obj["model"], dict):
-            raise CheckpointError(f"{path}: a damaged checkpoint (no {', '.join(missing) or 'model'}"
-                                  "); retrain or pick another tag")
+            absent = ", ".join(missing) or "model"
+            raise CheckpointError(f"{path}: a damaged checkpoint (no {absent}); "
+                                  "retrain or pick another tag")
         count = obj["count"]
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise CheckpointError(f"{path}: a damaged checkpoint (count {count!r} is not an "
@@ -169,8 +170,8 @@ def check_compatible(ckpt: dict, path: Path, model: nn.Module, experiment: str,
                               "experiment folder?")
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
-            raise CheckpointError(f"{path}: {name} is not a tensor; the file is damaged — retrain "
-                                  "or pick another tag")
+            raise CheckpointError(f"{path}: {name} is not a tensor; the file is damaged — "
+                                  "retrain or pick another tag")
         if tensor.shape != own[name].shape:
             sizes = _guess_sizes(state)
             hint = (f"the file was trained with other sizes: {sizes}"

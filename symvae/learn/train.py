@@ -10,8 +10,8 @@ Per run tag TAG, in the experiment folder:
 
 `Trainer.run` is the loop and `Trainer.iteration` one step of it; what they write is in
 RunOutputs and RunLog, the CUDA graph's use in graph_iteration, what a checkpoint holds in
-symvae.learn.train_state and the ways a run stops early in symvae.learn.train_stops. main() refuses bad
-starts before the data are loaded, holds the tag's lock, then runs the trainer.
+symvae.learn.train_state and the ways a run stops early in symvae.learn.train_stops. main()
+refuses bad starts before the data are loaded, holds the tag's lock, then runs the trainer.
 """
 from __future__ import annotations
 
@@ -196,7 +196,8 @@ class Trainer(RunOutputs):
         return 0
 
     def skipping_iteration(self) -> None:
-        """An iteration; a non-finite one is skipped only as symvae.learn.train_stops.skipped says."""
+        """An iteration; a non-finite one is skipped only as symvae.learn.train_stops.skipped
+        says."""
         try:
             self.iteration()
             self.skips = 0

@@ -90,7 +90,8 @@ class HVAE(nn.Module):
         return z, self.p_x(z[1])
 
     def limiting_out(self, x: Tensor) -> tuple[Latents, Tensor]:
-        """Half a chain step: z ~ q(z|x) and the decoder outputs of p(x|z1); returns (z, outputs)."""
+        """Half a chain step: z ~ q(z|x) and the decoder outputs of p(x|z1); returns
+        (z, outputs)."""
         z, _ = self.sample_q(x)
         return z, self.p_x(z[1])
 

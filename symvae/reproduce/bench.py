@@ -301,7 +301,8 @@ def measure(args: argparse.Namespace, name: str, method: str, device: torch.devi
         row = bench_pair(name, method, args.bs, device, iters, warmup, compiled, captured)
         ours.append((row["times"], row["cpu_times"]))
         mode = "captured" if captured else "compiled" if compiled else "eager"
-        line = f"{name} {method} {mode}: ours {row['seconds']:.4g} s/it ({row['cpu_seconds']:.4g} CPU s)"
+        line = (f"{name} {method} {mode}: ours {row['seconds']:.4g} s/it "
+                f"({row['cpu_seconds']:.4g} CPU s)")
         if args.ref and not compiled and not captured:
             try:
                 theirs.append(time_authors(Path(args.ref), name, method, args.bs, str(device),

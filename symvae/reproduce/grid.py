@@ -28,7 +28,8 @@ SEED_SETTINGS = "200k iterations, batch 1024, nz0/nz1 30/100, 70,000 images, 100
 
 @dataclass(frozen=True)
 class Sizes:
-    """Every number that shapes a row (flags of main_sym.py/main_elbo.py and symvae.evaluate.fid)."""
+    """Every number that shapes a row (flags of main_sym.py/main_elbo.py and
+    symvae.evaluate.fid)."""
 
     niterations: int  # gradient updates
     bs: int  # training mini-batch

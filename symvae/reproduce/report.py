@@ -136,7 +136,8 @@ def kid_cell(line: dict, name: str) -> str:
 
 
 def small_sample_table(lines: list[dict]) -> list[str]:
-    """KID, precision and recall beside the FIDs (symvae.evaluate.metrics), when the rows have them."""
+    """KID, precision and recall beside the FIDs (symvae.evaluate.metrics), when the rows have
+    them."""
     if not any(ln.get("limiting_kid") for ln in lines):
         return []
     out = ["", ("KID (unbiased at any number of images; lower is better) and precision / "

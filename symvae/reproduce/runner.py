@@ -7,8 +7,8 @@
 Each row (symvae.reproduce.stages) trains, draws sample grids and scores both FIDs in
 results/PRESET/ROW/; finished stages are skipped, so the same command run again finishes what
 is missing and redoes nothing. The table is written to results/PRESET/table.{md,json,png}
-(symvae.reproduce.report). Executors: `local` runs the rows in turn in this process; `submitit-local`
-and `slurm` hand them to submitit (symvae.reproduce.cluster) as a job array.
+(symvae.reproduce.report). Executors: `local` runs the rows in turn in this process;
+`submitit-local` and `slurm` hand them to submitit (symvae.reproduce.cluster) as a job array.
 """
 from __future__ import annotations
 
@@ -214,7 +214,8 @@ def dry_run(rows: list[Row], opts: Options, gpu: bool) -> None:
     """Print each row's folder and commands, and the estimated time of what is not done."""
     estimate = estimate_seconds(rows, gpu)
     basis = ("GPU rates measured on one H200 (docs/bench-gpu.md, symvae/reproduce/grid.py)"
-             if gpu else "rates measured on a quiet 2-core CPU (docs/benchmarks.md and docs/evaluate.md)")
+             if gpu else
+             "rates measured on a quiet 2-core CPU (docs/benchmarks.md and docs/evaluate.md)")
     print(f"results: {opts.out}\nestimated from {basis}")
     total = dict.fromkeys(STAGES, 0.0)
     for row in rows:

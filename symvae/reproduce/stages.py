@@ -6,7 +6,8 @@ work inside it). Stages, each the existing command's own library entry point run
 
   train     symvae.learn.train.main (main_sym.py / main_elbo.py); continues models/m_TAG.pt if any
   generate  symvae.evaluate.generate.main (generate.py): images/generated_{sh,sta}_TAG.png
-  fid       symvae.evaluate.fid.main: random-code and limiting FID, appended to fid_results.{md,json}
+  fid       symvae.evaluate.fid.main: random-code and limiting FID, appended to
+            fid_results.{md,json}
 
 ROW/row.json records each finished stage with the flags it ran with; a stage is redone only
 when it has no record, its flags changed, or a stage before it was redone.

@@ -1,9 +1,10 @@
 """Training itself against the authors' code (symvae.authors.lockstep, tests/golden/lockstep.json).
 
-From the weights the golden files' random seed gives, our learners run the iterations the authors' code ran (its
-figures made by scripts/make_golden.py) on the same batches and shared draws: every logged
-figure of every iteration and every weight at the end must agree. A learning rule, optimiser
-or step order that differs shows here although each single step's quantities agree.
+From the weights the golden files' random seed gives, our learners run the iterations the
+authors' code ran (its figures made by scripts/make_golden.py) on the same batches and shared
+draws: every logged figure of every iteration and every weight at the end must agree. A
+learning rule, optimiser or step order that differs shows here although each single step's
+quantities agree.
 """
 from __future__ import annotations
 

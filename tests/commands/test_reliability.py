@@ -206,8 +206,8 @@ def test_script_exits_non_zero_with_one_line(trained):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     before = tree(trained)
     proc = subprocess.run([sys.executable, str(REPO / "mnist-ladder" / "generate.py"),
-                           "--call_prefix", "nosuch"], check=False, cwd=trained, env=env, capture_output=True,
-                          text=True, timeout=300)
+                           "--call_prefix", "nosuch"], check=False, cwd=trained, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "m_nosuch.pt: no such checkpoint" in proc.stderr
     assert tree(trained) == before

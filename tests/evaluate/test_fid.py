@@ -1,4 +1,5 @@
-"""FID: the Fréchet distance, feature statistics, the 8-bit route of pytorch-fid, the score command."""
+"""FID: the Fréchet distance, feature statistics, the 8-bit route of pytorch-fid, the score
+command."""
 from __future__ import annotations
 
 import json
@@ -36,7 +37,8 @@ def test_frechet_distance_closed_forms():
     a, b = np.array([1.0, 2.0, 9.0]), np.array([4.0, 0.5, 1.0])
     expected = ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
     q = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
-    d = frechet.frechet_distance(np.zeros(3), q @ np.diag(a) @ q.T, np.zeros(3), q @ np.diag(b) @ q.T)
+    d = frechet.frechet_distance(np.zeros(3), q @ np.diag(a) @ q.T,
+                                 np.zeros(3), q @ np.diag(b) @ q.T)
     assert d == pytest.approx(expected, abs=1e-9)
 
 
@@ -100,7 +102,7 @@ def test_inception_input_equals_pytorch_fid_png_route(tmp_path: Path):
     assert torch.equal(frechet.inception_input(images), read)
 
 
-# --- the pipeline with a small feature map whose statistics are known -------------------------------
+# --- the pipeline with a small feature map whose statistics are known -----------------------------
 def two_pixels(x: torch.Tensor) -> torch.Tensor:
     """Features: pixel (0,0) of the red and pixel (0,1) of the green channel."""
     return torch.stack([x[:, 0, 0, 0], x[:, 1, 0, 1]], 1)
@@ -123,7 +125,8 @@ def test_pipeline_on_images_with_known_statistics():
     np.testing.assert_allclose(sigma_b, np.diag([v, 0.0]), atol=1e-12)
     # ||mu_a - mu_b||^2 + (v + v - 2v) + (v + 0 - 0)
     expected = (0.5 - 128 / 255) ** 2 + v
-    assert frechet.frechet_distance(mu_a, sigma_a, mu_b, sigma_b) == pytest.approx(expected, abs=1e-6)
+    assert (frechet.frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
+            == pytest.approx(expected, abs=1e-6))
 
 
 # --- the score command --------------------------------------------------------------------------
@@ -258,7 +261,7 @@ def test_score_command_refuses_bad_input_with_one_line(experiment_copy, data_roo
     assert "fid_results.json" in refused(folder)
 
 
-# --- with pytorch-fid's Inception weights ----------------------------------------------------------
+# --- with pytorch-fid's Inception weights ---------------------------------------------------------
 needs_weights = pytest.mark.skipif(
     not frechet.weights_path().is_file(),
     reason=f"pytorch-fid's Inception weights are not at {frechet.weights_path()} "

@@ -1,4 +1,5 @@
-"""symvae.evaluate.plot: log parsing by name, the PNG command, and every notebook executed headless."""
+"""symvae.evaluate.plot: log parsing by name, the PNG command, and every notebook executed
+headless."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
-"""pretrained/: the weights kept from a GPU run load into generate.py as docs/results-gpu.md says."""
+"""pretrained/: the weights kept from a GPU run load into generate.py as docs/results-gpu.md
+says."""
 from __future__ import annotations
 
 import shutil

@@ -105,7 +105,8 @@ def test_command_converts_both_ways_and_refuses_mistakes_in_one_line(tmp_path):
     proc = convert("--to", "symvae", theirs, back)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr and back.read_bytes() == before
     proc = convert("--to", "symvae", tmp_path / "none.pt", tmp_path / "x.pt")
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert (proc.returncode == 2 and proc.stderr.startswith("error: ")
+            and "Traceback" not in proc.stderr)
 
 
 def test_an_authors_file_generates_and_resumes_with_its_statistics(experiment_copy, data_root):

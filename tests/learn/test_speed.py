@@ -1,7 +1,9 @@
-"""The fast paths against plain computations of SPEC §3–§5 (no timings here: see symvae.reproduce.bench).
+"""The fast paths against plain computations of SPEC §3–§5 (no timings here: see
+symvae.reproduce.bench).
 
-- One learning step of the library (with the process settings of symvae.learn.runtime) gives the same losses and the same Adam parameter change as a plain
-  step written out from SPEC §4, on the same inputs and the same random draws.
+- One learning step of the library (with the process settings of symvae.learn.runtime) gives
+  the same losses and the same Adam parameter change as a plain step written out from SPEC §4,
+  on the same inputs and the same random draws.
 - The MI statistics taken from the logits the sampling already produced equal, in
   expectation, those of a separate encoder pass; the batch sampler draws every
   image equally often, with no repeats inside a batch.
@@ -99,7 +101,8 @@ def plain_elbo_step(m, x, opt):
     z0 = zgr(a0)
     prior1 = m.p_z1(z0)
     z1 = zgr(prior1 + a1)
-    loss = (pixel_nll(m, m.p_x(z1), x) + kl(a0, torch.zeros_like(a0)) + kl(prior1 + a1, prior1)).mean()
+    loss = (pixel_nll(m, m.p_x(z1), x) + kl(a0, torch.zeros_like(a0))
+            + kl(prior1 + a1, prior1)).mean()
     opt.zero_grad()
     loss.backward()
     opt.step()
