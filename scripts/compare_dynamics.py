@@ -10,6 +10,10 @@ mean and sample standard deviation over the runs of each figure at each update c
 per run the first logged update count at which the onset figure exceeds its threshold. The
 last column is ours minus the authors' mean with its standard error sqrt(s1²/n1 + s2²/n2):
 a difference of a few standard errors is more than the seed-to-seed spread explains.
+
+`--labels A B` names the two sets in the table (default ours, authors), and
+`--theirs_counts ours` reads the second set's counts as ours, for two sets of our own runs
+(e.g. the opt-in bf16 autocast against fp32).
 """
 from __future__ import annotations
 
@@ -68,15 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--at", type=int, nargs="+", default=[1000, 2000, 3000, 4000])
     parser.add_argument("--names", nargs="+", default=["plossx", "ploss1"])
     parser.add_argument("--onset", default="qmi1:0.1", help="NAME:THRESHOLD")
+    parser.add_argument("--labels", nargs=2, default=["ours", "authors"], metavar=("A", "B"),
+                        help="names of the --ours and --theirs sets in the table")
+    parser.add_argument("--theirs_counts", choices=["authors", "ours"], default="authors",
+                        help="whose count convention the --theirs logs follow")
     args = parser.parse_args(argv)
     if not args.ours and not args.theirs:
         parser.error("no logs: give --ours and/or --theirs log files")
     onset_name, threshold = args.onset.split(":")
-    codes = {"ours": [read_log(p, False) for p in args.ours],
-             "authors": [read_log(p, True) for p in args.theirs]}
+    a, b = args.labels
+    codes = {a: [read_log(p, False) for p in args.ours],
+             b: [read_log(p, args.theirs_counts == "authors") for p in args.theirs]}
 
-    print(f"| figure | updates | ours (n={len(codes['ours'])}) | "
-          f"authors (n={len(codes['authors'])}) | ours − authors |")
+    print(f"| figure | updates | {a} (n={len(codes[a])}) | "
+          f"{b} (n={len(codes[b])}) | {a} − {b} |")
     print("| --- | --- | --- | --- | --- |")
     for name in args.names:
         for at in args.at:

@@ -2,6 +2,7 @@
 
     python scripts/onset_sweep.py run --out DIR [--points 3e-4:64 1e-3:64 3e-3:64]
         [--seeds 1 2 3] [--cap 3000] [--log_period 50] [--jobs 2] [--nice 15] [--stop_at 18:25]
+        [--bf16]
     python scripts/onset_sweep.py table LOG... [--theirs LOG...] [--theirs_setting 1e-4:64]
 
 `run` trains our main_sym.py (batch size and Adam step size from each point, the authors'
@@ -11,6 +12,7 @@ Seeds vary fastest-last: every point's first seed runs before any point's second
 short sweep still covers the grid. A run stops at its --cap updates, or by SIGTERM (its log
 then says `# stopped by SIGTERM`, with a checkpoint) once its onset is confirmed, or at
 --stop_at (UTC, HH:MM). Finished or stopped runs are not run again when the sweep restarts.
+With --bf16 the runs train under the opt-in bf16 autocast (tags end in `-bf16`).
 
 `table` reads the logs (ours, and the authors' with --theirs, whose counts are one less) and
 prints one row per run. Onset: the first logged update U from which qmi1 > 0.1 on every
@@ -170,7 +172,9 @@ def table(args: argparse.Namespace) -> int:
     entries = []
     for path in args.logs:
         step, bs, seed = header_setting(path)
-        entries.append((f"{step}:{bs}", seed, "ours", path, read_log(path, authors=False)))
+        code = "ours, bf16" if " --bf16" in path.read_text(errors="replace").split("\n")[0] \
+            else "ours"
+        entries.append((f"{step}:{bs}", seed, code, path, read_log(path, authors=False)))
     for path in args.theirs:
         seed = re.search(r"s(\d+)", path.stem)
         entries.append((args.theirs_setting, seed.group(1) if seed else "?", "authors", path,
@@ -195,8 +199,8 @@ def table(args: argparse.Namespace) -> int:
 
 
 # --- the sweep ------------------------------------------------------------------------------
-def tag(point: Point, seed: int) -> str:
-    return f"{point.name}-s{seed}"
+def tag(point: Point, seed: int, bf16: bool = False) -> str:
+    return f"{point.name}-s{seed}" + ("-bf16" if bf16 else "")
 
 
 def prepare(out: Path, name: str) -> Path:
@@ -215,10 +219,11 @@ def done(folder: Path, name: str) -> bool:
 
 def command(point: Point, seed: int, args: argparse.Namespace) -> list[str]:
     return ["nice", "-n", str(args.nice), sys.executable, "main_sym.py",
-            "--call_prefix", tag(point, seed), "--seed", str(seed), "--device", "cpu",
+            "--call_prefix", tag(point, seed, args.bf16), "--seed", str(seed), "--device", "cpu",
             "--nz0", "30", "--nz1", "100", "--stepsize", point.stepsize, "--bs", str(point.bs),
             "--niterations", str(args.cap), "--log_period", str(args.log_period),
-            "--save_period", str(args.cap), "--no_progress", "--overwrite"]
+            "--save_period", str(args.cap), "--no_progress", "--overwrite"] + \
+        ["--bf16"] * args.bf16
 
 
 class Adopted:
@@ -279,7 +284,7 @@ def sweep(args: argparse.Namespace) -> int:
         for name, pid, _ in args.adopt}
     caps = {name: cap for name, _, cap in args.adopt if cap is not None}
     adopted = set(running)
-    queue = [(p, s) for p, s in queue if tag(p, s) not in adopted]
+    queue = [(p, s) for p, s in queue if tag(p, s, args.bf16) not in adopted]
     print(f"{len(queue)} runs, {args.jobs} at a time, cap {args.cap} updates", flush=True)
     while queue or running:
         for name, (proc, log) in list(running.items()):
@@ -292,7 +297,7 @@ def sweep(args: argparse.Namespace) -> int:
             queue.clear()
         while queue and len(running) < args.jobs:
             point, seed = queue.pop(0)
-            name = tag(point, seed)
+            name = tag(point, seed, args.bf16)
             folder = prepare(out, name)
             if done(folder, name):
                 continue
@@ -319,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--nice", type=int, default=15)
     r.add_argument("--poll", type=float, default=20.0, help="seconds between looks at the logs")
     r.add_argument("--stop_at", default=None, help="UTC HH:MM: stop every run then")
+    r.add_argument("--bf16", action="store_true", help="train under the bf16 autocast opt-in")
     r.add_argument("--adopt", type=parse_adopted, nargs="*", default=[],
                    metavar="TAG:PID[:CAP]",
                    help="runs of an earlier sweep still going: watched, stopped at their CAP "

@@ -1,9 +1,12 @@
 """symvae: symmetric equilibrium learning of hierarchical VAEs with binary latents."""
 import os
 
-# OpenMP threads that wait for work sleep at once instead of spinning (docs/benchmarks.md,
-# "Threads"): on a busy machine two spinning threads cost six times the CPU seconds of one
-# thread per iteration, two sleeping ones about what one thread costs. libgomp reads this
-# when it is loaded, i.e. when torch is first imported: every entry point imports symvae
-# first. A value set by the user is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that wait for work spin only briefly before they sleep (docs/benchmarks.md,
+# "Threads"). libgomp's default spin of 300,000 rounds makes two threads on a busy machine
+# cost several times the CPU seconds of one; sleeping at once (OMP_WAIT_POLICY=PASSIVE)
+# fixes that but slows two threads on a quiet machine; 1,000 rounds kept both speeds where
+# measured. libgomp (the OpenMP of torch's Linux wheels) reads this when it is loaded, i.e.
+# when torch is first imported: every entry point imports symvae first. A wait policy or
+# spin count set by the user is kept.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")

@@ -171,6 +171,10 @@ def train_parser(method: str) -> argparse.ArgumentParser:
     p.add_argument("--log_period", type=int, default=100, help="iterations per log line")
     p.add_argument("--save_period", type=int, default=1000,
                    help="iterations per checkpoint and image grid")
+    p.add_argument("--bf16", action="store_true",
+                   help="CPU: the learning step under bfloat16 autocast, weights in "
+                        "channels-last layout (about 1.5x faster per update on a CPU with "
+                        "AVX512-BF16 or AMX; not the authors' arithmetic; default fp32)")
     p.add_argument("--detect_anomaly", action="store_true",
                    help="torch.autograd anomaly detection (slow; for debugging)")
     p.add_argument("--nan_policy", choices=["stop", "skip"], default="stop",

@@ -16,12 +16,20 @@
   `strict_fp32=True` (`--fp32_strict`) turns TF32 off everywhere, convolutions
   included (slower; for figures that must not depend on the GPU generation).
   The log header records both settings (`precision_note`).
+- CPU, opt-in (`--bf16`): the learning step under bfloat16 autocast, with the
+  networks' weights in channels-last layout (`learning_precision`). Measured on
+  an AVX512-BF16 CPU (docs/benchmarks.md): autocast alone gains little, because
+  oneDNN's bf16 transposed convolutions are slower than fp32 ones in the default
+  layout; channels-last makes them fast. Not the authors' arithmetic, so never
+  the default.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -85,11 +93,25 @@ def configure(device: torch.device, threads: int | None = None, tf32: bool = Fal
             "tf32": matmul_tf32, "conv_tf32": conv_tf32, "device": device.type}
 
 
-def precision_note(applied: dict[str, bool | int | str]) -> str:
+def learning_precision(model: torch.nn.Module, device: torch.device,
+                       bf16: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    """What the learning step runs under: a fresh bf16 autocast context per call (`bf16`,
+    CPU only; the model's weights are put in channels-last layout), else a null context.
+    The optimisers, the weights and the statistics stay fp32 either way."""
+    if not bf16:
+        return contextlib.nullcontext
+    if device.type != "cpu":
+        raise ValueError(f"bf16 autocast is offered for CPU training only, not {device}")
+    model.to(memory_format=torch.channels_last)
+    return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def precision_note(applied: dict[str, bool | int | str], bf16: bool = False) -> str:
     """The log header's words for the precision that `configure` set: on CUDA, TF32 of the
-    matrix products and of cuDNN's convolutions; elsewhere plain fp32."""
+    matrix products and of cuDNN's convolutions; elsewhere plain fp32, or with `bf16` the
+    learning step's bf16 autocast."""
     if applied.get("device") != "cuda":
-        return "fp32"
+        return "bf16 autocast (learning step), channels-last weights" if bf16 else "fp32"
     def word(key: str) -> str:
         return "on" if applied.get(key) else "off"
     return f"matmul tf32 {word('tf32')}, conv tf32 {word('conv_tf32')}"

@@ -133,6 +133,8 @@ class Trainer(RunOutputs):
                                         guard=device.type == "cpu" or args.nan_policy == "skip")
         self.names = model.sym_names if method == "sym" else model.elbo_names
         self.noise = type(model).dataset.noise
+        # the learning step's precision: fp32, or with --bf16 (CPU) under bf16 autocast
+        self.autocast = runtime.learning_precision(model, device, getattr(args, "bf16", False))
         self.means = RunningMeans()
         self.mi = bit_trackers(model.mi_names, model.nz0, model.nz1, device)
         self.count = 0
@@ -218,7 +220,8 @@ class Trainer(RunOutputs):
         hold it."""
         clean = self.data.window(self.args.bs)
         x = self.noise(clean)
-        logs, logits = self.learner.step(x)
+        with self.autocast():
+            logs, logits = self.learner.step(x)
         for group, tracker in self.mi.items():
             tracker.update(logits[group])
         self.means.update(logs)
@@ -335,9 +338,13 @@ def _main(model_cls: type[HVAE], method: str, argv: list[str] | None) -> int:
     files = RunFiles(folder, args.call_prefix)
     details_beside(files.log.parent, f"error-{args.call_prefix}")  # an unforeseen failure's
     device = pick_device(args.device)
+    if args.bf16 and device.type != "cpu":
+        fail(f"--bf16: bf16 autocast is offered for CPU training only, and the device is "
+             f"{device}; leave --bf16 out there (on CUDA, --tf32 is the faster arithmetic)")
     check_memory("--bs", args.bs, TRAIN_BYTES_PER_IMAGE, device)
     args.precision = runtime.precision_note(runtime.configure(device, tf32=args.tf32,
-                                                              strict_fp32=args.fp32_strict))
+                                                              strict_fp32=args.fp32_strict),
+                                            bf16=args.bf16)
     seed_everything(args.seed)
     model = model_cls(args.nz0, args.nz1)
     check_outputs(files, model)

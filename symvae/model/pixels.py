@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from symvae.model.distributions import bernoulli, bernoulli_nll, gaussian_nll
+from symvae.model.distributions import bernoulli, bernoulli_nll, full, gaussian_nll
 
 
 class BernoulliPixels(nn.Module):
@@ -18,10 +18,10 @@ class BernoulliPixels(nn.Module):
         return bernoulli_nll(out, x)
 
     def sample(self, out: Tensor) -> Tensor:
-        return bernoulli(torch.sigmoid(out))
+        return bernoulli(torch.sigmoid(full(out)))
 
     def mean(self, out: Tensor) -> Tensor:
-        return torch.sigmoid(out)
+        return torch.sigmoid(full(out))
 
     def export(self, out: Tensor) -> Tensor:
         """The image written for FID: thresholded at logit 0 (the authors' ladder scripts)."""

@@ -3,6 +3,7 @@
     python -m symvae bench --all --bs 1024 --out docs/bench-cpu.json
     python -m symvae bench --experiments mnist-ladder --ref /path/to/authors --reps 3
     python -m symvae bench --gpu-check            # CUDA, all pairs, eager and captured
+    python -m symvae bench --experiments mnist-ladder --bs 64 --bf16 both --ref DIR  # CPU
     python -m symvae bench --png                  # generate_data's PNG writer vs save_image
 
 An iteration is exactly the training loop's (`Trainer.iteration`: batch draw,
@@ -16,6 +17,8 @@ run, so the fraction of peak is comparable under whatever load the run met.
 With `--ref DIR` (a checkout of the authors' repository) their unmodified
 scripts are timed beside ours in the same run (symvae.authors.scripts), alternating
 ours and theirs `--reps` times, and only these same-run ratios are reported.
+With `--bf16` (CPU), our iteration is also (`both`) or only (`yes`) timed under
+the training's opt-in bf16 autocast (`--bf16` of main_sym.py / main_elbo.py).
 With `--capture`, the iteration is also timed replayed from a CUDA graph
 (symvae.learn.capture); on accelerators iterations are timed in blocks of
 BLOCK with one synchronisation per block, as a run issues them.
@@ -82,12 +85,12 @@ def synthetic_data(model_cls, device: torch.device, n: int = SYNTHETIC_IMAGES) -
 
 
 def build_trainer(experiment: str, method: str, bs: int, device: torch.device,
-                  seed: int = 0, nz: tuple[int, int] = (30, 100)) -> Trainer:
+                  seed: int = 0, nz: tuple[int, int] = (30, 100), bf16: bool = False) -> Trainer:
     """The training loop's Trainer for one experiment x method, on synthetic data."""
     torch.manual_seed(seed)
     model_cls = load_model_class(experiment)
     model = model_cls(*nz).to(device)
-    args = SimpleNamespace(stepsize=1e-4, nan_policy="stop", bs=bs)
+    args = SimpleNamespace(stepsize=1e-4, nan_policy="stop", bs=bs, bf16=bf16)
     return Trainer(model, method, synthetic_data(model_cls, device), None, args, device)
 
 
@@ -124,9 +127,10 @@ def time_iterations(trainer: Trainer, iters: int, warmup: int,
 
 
 def bench_pair(experiment: str, method: str, bs: int, device: torch.device, iters: int,
-               warmup: int, compiled: bool, captured: bool = False) -> dict:
-    """Timings of our iteration for one experiment x method (eager, compiled or captured)."""
-    trainer = build_trainer(experiment, method, bs, device)
+               warmup: int, compiled: bool, captured: bool = False, bf16: bool = False) -> dict:
+    """Timings of our iteration for one experiment x method (eager, compiled or captured;
+    fp32, or the learning step under bf16 autocast)."""
+    trainer = build_trainer(experiment, method, bs, device, bf16=bf16)
     gflop = iteration_gflop(trainer)  # counted in eager mode; compiling keeps the arithmetic
     started = time.perf_counter()
     if compiled:
@@ -145,7 +149,7 @@ def bench_pair(experiment: str, method: str, bs: int, device: torch.device, iter
     median = statistics.median(times)
     replayed = trainer.captured is not None and trainer.captured.checked is not None
     return {"experiment": experiment, "method": method, "bs": bs, "device": str(device),
-            "compile": compiled, "capture": captured, "replayed": replayed,
+            "compile": compiled, "capture": captured, "bf16": bf16, "replayed": replayed,
             "replays_timed": len(times) * block if replayed else 0,
             "capture_notes": trainer.notes, "seconds": median,
             "it_per_s": 1 / median, "min_seconds": min(times), "times": times, "cpu_times": cpu,
@@ -179,8 +183,7 @@ def markdown(rows: list[dict], peak: float) -> str:
                  "per repetition", "CPU s ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        mode = "captured" if r.get("capture") else "compiled" if r["compile"] else "eager"
-        cells = [r["experiment"], r["method"], mode,
+        cells = [r["experiment"], r["method"], mode_name(r),
                  f"{r['seconds']:.4g}", f"{r['it_per_s']:.3g}", f"{r['cpu_seconds']:.4g}",
                  f"{r['gflop']:.1f}",
                  f"{r['gflop_per_s']:.1f}", f"{100 * r['gflop_per_s'] / peak:.0f}%"]
@@ -193,6 +196,11 @@ def markdown(rows: list[dict], peak: float) -> str:
                       f"{r['cpu_ratio']:.2f}x" if ok else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mode_name(row: dict) -> str:
+    mode = "captured" if row.get("capture") else "compiled" if row["compile"] else "eager"
+    return mode + (", bf16" if row.get("bf16") else "")
 
 
 def conditions(device: torch.device, applied: dict) -> dict:
@@ -257,6 +265,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="torch.compile the networks: no, yes, or both side by side")
     p.add_argument("--capture", choices=["no", "yes", "both"], default="no",
                    help="replay the iteration as a CUDA graph: no, yes, or both beside eager")
+    p.add_argument("--bf16", choices=["no", "yes", "both"], default="no",
+                   help="CPU: the learning step under bf16 autocast (training's --bf16): no, "
+                        "yes, or both beside fp32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--tf32", action="store_true",
                    help="CUDA: TF32 matrix products (default fp32, as training's default)")
@@ -294,14 +305,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace, name: str, method: str, device: torch.device, iters: int,
-            warmup: int, compiled: bool, captured: bool) -> dict:
+            warmup: int, compiled: bool, captured: bool, bf16: bool = False) -> dict:
     """Ours (and with --ref the authors', alternating) for one experiment x method."""
     ours, theirs, row = [], [], {}
     for rep in range(args.reps):
-        row = bench_pair(name, method, args.bs, device, iters, warmup, compiled, captured)
+        row = bench_pair(name, method, args.bs, device, iters, warmup, compiled, captured, bf16)
         ours.append((row["times"], row["cpu_times"]))
-        mode = "captured" if captured else "compiled" if compiled else "eager"
-        line = (f"{name} {method} {mode}: ours {row['seconds']:.4g} s/it "
+        line = (f"{name} {method} {mode_name(row)}: ours {row['seconds']:.4g} s/it "
                 f"({row['cpu_seconds']:.4g} CPU s)")
         if args.ref and not compiled and not captured:
             try:
@@ -337,20 +347,28 @@ def main(argv: list[str] | None = None) -> int:
     for name in experiments:
         if name not in present and not Path(name, "hvae.py").is_file():
             fail(f"--experiments {name}: no {name}/hvae.py here; present: {', '.join(present)}")
-    modes = [(c, False) for c in {"no": [False], "yes": [True], "both": [False, True]}
-             [args.compile]]
-    modes += [(False, True)] * (args.capture != "no")
+    if args.bf16 != "no" and device.type != "cpu":
+        fail(f"--bf16 {args.bf16}: bf16 autocast is offered for CPU training only, and the "
+             f"device is {device}; use --device cpu or leave --bf16 out")
+    choice = {"no": [False], "yes": [True], "both": [False, True]}
+    modes = [(c, False, False) for c in choice[args.compile]]  # (compiled, captured, bf16)
+    modes += [(False, True, False)] * (args.capture != "no")
     if args.capture == "yes":
-        modes = [m for m in modes if m != (False, False)] or [(False, True)]
+        modes = [m for m in modes if m != (False, False, False)] or [(False, True, False)]
+    if args.bf16 != "no":  # bf16 in eager mode, beside (both) or instead of (yes) fp32 eager
+        eager = modes.index((False, False, False)) + 1 if (False, False, False) in modes else 0
+        modes.insert(eager, (False, False, True))
+        if args.bf16 == "yes":
+            modes = [m for m in modes if m != (False, False, False)]
     info = conditions(device, applied)
     print(f"# {info}", file=sys.stderr)
     peak = matmul_peak(device)
     rows = []
-    for compiled, captured in modes:  # every eager figure first: compiling is the slow part
+    for compiled, captured, bf16 in modes:  # every eager figure first: compiling is slow
         for name in experiments:
             for method in args.methods:
                 rows.append(measure(args, name, method, device, iters, warmup, compiled,
-                                    captured))
+                                    captured, bf16))
     peak = max(peak, matmul_peak(device))  # measured before and after: the better of the two
     info["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     table = markdown(rows, peak)

@@ -61,16 +61,18 @@ def test_cpu_runs_report_fp32(restore_backends):
     assert runtime.precision_note(runtime.configure(torch.device("cpu"), tf32=True)) == "fp32"
 
 
-def test_openmp_threads_sleep_while_waiting_unless_the_user_says_otherwise():
-    """symvae sets OMP_WAIT_POLICY=PASSIVE before torch starts OpenMP; a user's value stays."""
+def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise():
+    """symvae sets GOMP_SPINCOUNT=1000 before torch starts OpenMP, unless the user set a wait
+    policy or a spin count; theirs stays as given."""
     import os
     import subprocess
     import sys
-    code = "import os, symvae; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
-        if given:
-            env["OMP_WAIT_POLICY"] = given
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+    code = ("import os, symvae; print(os.environ.get('OMP_WAIT_POLICY', '-'), "
+            "os.environ.get('GOMP_SPINCOUNT', '-'))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    for given, expected in (({}, "- 1000"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE -"),
+                            ({"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE -"),
+                            ({"GOMP_SPINCOUNT": "5"}, "- 5")):
+        out = subprocess.run([sys.executable, "-c", code], env=clean | given, check=True,
                              capture_output=True, text=True, timeout=120).stdout.strip()
-        assert out == expected
+        assert out == expected, given
